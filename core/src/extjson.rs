@@ -1,0 +1,1 @@
+//! Extended JSON → BSON bytes (placeholder: being written).

@@ -1,0 +1,1 @@
+//! changeflow test kit (placeholder: being written).
