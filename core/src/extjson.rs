@@ -1,1 +1,1724 @@
-//! Extended JSON → BSON bytes (placeholder: being written).
+//! MongoDB Extended JSON (v2, relaxed and canonical) straight to BSON bytes, and back.
+//!
+//! [`transcode`] streams over the JSON text with `serde_json`'s parser and writes BSON as it
+//! goes: no `serde_json::Value`, no `bson::Bson` on the way. Its output is byte for byte what the
+//! `bson` crate's own route gives (`serde_json::from_slice::<Value>`, then
+//! `bson::Document::try_from(map)`, then `to_vec()`), with field order preserved:
+//!
+//! * plain JSON: strings, booleans, `null`, objects, arrays; an integer that fits `i32` becomes an
+//!   int32, else one that fits `i64` an int64, anything else (a fraction, an exponent, `-0`, an
+//!   integer above `i64::MAX`) a double;
+//! * the wrappers `$oid`, `$symbol`, `$numberInt`, `$numberLong`, `$numberDouble`,
+//!   `$numberDecimal`, `$binary` (v2 form), `$uuid`, `$code` (with or without `$scope`),
+//!   `$timestamp`, `$regularExpression`, `$dbPointer`, `$date` (ISO-8601 string,
+//!   `{"$numberLong": …}` or a bare integer), `$minKey`, `$maxKey` and `$undefined`.
+//!
+//! The rules follow `bson` 3.1 exactly, including where they surprise:
+//!
+//! * an object is a wrapper when it contains one of the wrapper keys *anywhere* (not only
+//!   first), and then it must hold nothing else (only `$code` admits `$scope`); an object that
+//!   mixes a wrapper key with other keys is an error, not a document. Keys that are not wrapper
+//!   keys (`$set`, `$ref`/`$id` DBRefs, `$scope` alone, the legacy `$regex`/`$options` and
+//!   `$type`) make ordinary documents;
+//! * the legacy `{"$binary": "<base64>", "$type": "<hex>"}` is rejected (bson 3.1 only reads the
+//!   v2 form);
+//! * the top-level object, and the `$scope` of code-with-scope, are documents as they stand: their
+//!   own keys are never read as wrappers (their values are);
+//! * a repeated key keeps the position of its first occurrence and the value of its last one;
+//! * the body of a wrapper may also be given as an array of its fields in order
+//!   (`{"$timestamp": [1, 2]}`), as serde allows for structs;
+//! * `{"$code": "…", "$scope": null}` is plain code; `$date` strings follow RFC 3339 as the `time`
+//!   crate reads it (any separator byte between date and time, `Z`/`z` or `±hh:mm`, any number of
+//!   fractional digits truncated to milliseconds, leap seconds only at the end of a month UTC).
+//!
+//! The one deliberate difference: a document larger than MongoDB's 16 MiB limit is refused
+//! ([`ExtJsonError::TooLarge`]).
+//!
+//! [`write_document`] goes the other way, for test data and changelogs.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+
+use base64::Engine as _;
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// Why a line of Extended JSON could not become BSON.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExtJsonError {
+    /// Not JSON at all (message from the parser, with line/column inside the text).
+    #[error("invalid JSON: {0}")]
+    Syntax(String),
+    /// The top-level value is not an object.
+    #[error("expected a JSON object at the top level")]
+    NotADocument,
+    /// A `$`-wrapper that is malformed, e.g. `{"$oid": "xyz"}` or `{"$numberLong": "1.5"}`; names
+    /// the wrapper and says what is wrong.
+    #[error("bad Extended JSON {wrapper}: {reason}")]
+    BadWrapper {
+        /// The wrapper key, e.g. `$oid`.
+        wrapper: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A key contains a NUL byte, which BSON cannot store.
+    #[error("key contains a NUL byte: {0:?}")]
+    NulInKey(String),
+    /// The document is larger than BSON's limit (MongoDB's 16 MiB, 16 777 216 bytes).
+    #[error("document exceeds the BSON size limit")]
+    TooLarge,
+}
+
+/// MongoDB's maximum BSON document size.
+const MAX_DOCUMENT_SIZE: usize = 16 * 1024 * 1024;
+
+/// Above this many keys, a document finds repeated keys with a hash map instead of a scan.
+const INDEX_THRESHOLD: usize = 32;
+
+/// BSON element type bytes.
+mod ty {
+    pub const DOUBLE: u8 = 0x01;
+    pub const STRING: u8 = 0x02;
+    pub const DOCUMENT: u8 = 0x03;
+    pub const ARRAY: u8 = 0x04;
+    pub const BINARY: u8 = 0x05;
+    pub const UNDEFINED: u8 = 0x06;
+    pub const OBJECT_ID: u8 = 0x07;
+    pub const BOOLEAN: u8 = 0x08;
+    pub const DATE_TIME: u8 = 0x09;
+    pub const NULL: u8 = 0x0A;
+    pub const REGEX: u8 = 0x0B;
+    pub const DB_POINTER: u8 = 0x0C;
+    pub const CODE: u8 = 0x0D;
+    pub const SYMBOL: u8 = 0x0E;
+    pub const CODE_WITH_SCOPE: u8 = 0x0F;
+    pub const INT32: u8 = 0x10;
+    pub const TIMESTAMP: u8 = 0x11;
+    pub const INT64: u8 = 0x12;
+    pub const DECIMAL128: u8 = 0x13;
+    pub const MIN_KEY: u8 = 0xFF;
+    pub const MAX_KEY: u8 = 0x7F;
+}
+
+/// Transcodes one Extended JSON document (an object) into BSON bytes appended to `out`
+/// (the caller clears `out` first if it wants only this document).
+///
+/// On error `out` is left as it was. See the [module docs](self) for the accepted forms.
+///
+/// ```
+/// use changeflow_core::extjson::transcode;
+///
+/// let mut out = Vec::new();
+/// transcode(br#"{"a": 1}"#, &mut out)?;
+/// assert_eq!(out, [12, 0, 0, 0, 0x10, b'a', 0, 1, 0, 0, 0, 0]);
+///
+/// out.clear();
+/// transcode(
+///     br#"{"_id": {"$oid": "65a1b2c3d4e5f60718293a4b"}, "at": {"$date": "2024-01-01T00:00:00Z"}}"#,
+///     &mut out,
+/// )?;
+/// let doc = bson::RawDocument::from_bytes(&out)?;
+/// assert_eq!(doc.get_datetime("at")?.timestamp_millis(), 1_704_067_200_000);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn transcode(json: &[u8], out: &mut Vec<u8>) -> Result<(), ExtJsonError> {
+    let base = out.len();
+    let mut ctx = Ctx {
+        out: std::mem::take(out),
+        err: None,
+    };
+    let result = run(json, &mut ctx);
+    *out = ctx.out;
+    if result.is_err() {
+        out.truncate(base);
+    }
+    result
+}
+
+fn run(json: &[u8], ctx: &mut Ctx) -> Result<(), ExtJsonError> {
+    let first = json
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t'));
+    if first != Some(&b'{') {
+        return Err(match serde_json::from_slice::<Skip>(json) {
+            Ok(Skip) => ExtJsonError::NotADocument,
+            Err(e) => ExtJsonError::Syntax(e.to_string()),
+        });
+    }
+    let start = ctx.out.len();
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let parsed = TopSeed { ctx: &mut *ctx }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+    match parsed {
+        Ok(()) if ctx.out.len() - start > MAX_DOCUMENT_SIZE => Err(ExtJsonError::TooLarge),
+        Ok(()) => Ok(()),
+        Err(e) => match ctx.err.take() {
+            None => Err(ExtJsonError::Syntax(e.to_string())),
+            // A syntax error later in the text wins, as it does when the whole text is parsed
+            // before it is converted.
+            Some(err) => match serde_json::from_slice::<Skip>(json) {
+                Ok(Skip) => Err(err),
+                Err(e) => Err(ExtJsonError::Syntax(e.to_string())),
+            },
+        },
+    }
+}
+
+/// The transcoder's state: the output buffer, and the error that stopped it (serde's error type
+/// cannot carry ours).
+struct Ctx {
+    out: Vec<u8>,
+    err: Option<ExtJsonError>,
+}
+
+impl Ctx {
+    #[cold]
+    fn fail<E: de::Error>(&mut self, err: ExtJsonError) -> E {
+        let e = E::custom(&err);
+        if self.err.is_none() {
+            self.err = Some(err);
+        }
+        e
+    }
+
+    #[cold]
+    fn bad<E: de::Error>(&mut self, wrapper: Wrapper, reason: impl Into<String>) -> E {
+        self.fail(bad_wrapper(wrapper, reason))
+    }
+
+    /// Writes a BSON string (length, bytes, NUL).
+    #[inline]
+    fn put_str<E: de::Error>(&mut self, s: &[u8]) -> Result<(), E> {
+        match bson_len(s.len() + 1) {
+            Some(len) => {
+                self.out.extend_from_slice(&len);
+                self.out.extend_from_slice(s);
+                self.out.push(0);
+                Ok(())
+            }
+            None => Err(self.fail(ExtJsonError::TooLarge)),
+        }
+    }
+
+    /// Closes the document or array that starts at `start`: terminator, then its length.
+    #[inline]
+    fn finish_doc<E: de::Error>(&mut self, start: usize) -> Result<(), E> {
+        self.out.push(0);
+        match bson_len(self.out.len() - start) {
+            Some(len) => {
+                self.out[start..start + 4].copy_from_slice(&len);
+                Ok(())
+            }
+            None => Err(self.fail(ExtJsonError::TooLarge)),
+        }
+    }
+
+    /// Writes `key` as a cstring and says what kind of key it is and how long.
+    #[inline]
+    fn write_key<E: de::Error>(&mut self, key: &str) -> Result<(KeyClass, usize), E> {
+        let bytes = key.as_bytes();
+        if bytes.contains(&0) {
+            return Err(self.fail(ExtJsonError::NulInKey(key.to_owned())));
+        }
+        self.out.extend_from_slice(bytes);
+        self.out.push(0);
+        Ok((classify(bytes), bytes.len()))
+    }
+}
+
+/// A BSON length field, if `len` is within the size limit.
+#[inline]
+fn bson_len(len: usize) -> Option<[u8; 4]> {
+    if len > MAX_DOCUMENT_SIZE {
+        return None;
+    }
+    i32::try_from(len).ok().map(i32::to_le_bytes)
+}
+
+fn bad_wrapper(wrapper: Wrapper, reason: impl Into<String>) -> ExtJsonError {
+    ExtJsonError::BadWrapper {
+        wrapper: wrapper.name().to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// The wrapper keys, in the order in which bson tries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Wrapper {
+    Oid,
+    Symbol,
+    RegularExpression,
+    NumberInt,
+    NumberLong,
+    NumberDouble,
+    NumberDecimal,
+    Binary,
+    Uuid,
+    Code,
+    Timestamp,
+    Date,
+    MinKey,
+    MaxKey,
+    DbPointer,
+    Undefined,
+}
+
+impl Wrapper {
+    fn name(self) -> &'static str {
+        match self {
+            Wrapper::Oid => "$oid",
+            Wrapper::Symbol => "$symbol",
+            Wrapper::RegularExpression => "$regularExpression",
+            Wrapper::NumberInt => "$numberInt",
+            Wrapper::NumberLong => "$numberLong",
+            Wrapper::NumberDouble => "$numberDouble",
+            Wrapper::NumberDecimal => "$numberDecimal",
+            Wrapper::Binary => "$binary",
+            Wrapper::Uuid => "$uuid",
+            Wrapper::Code => "$code",
+            Wrapper::Timestamp => "$timestamp",
+            Wrapper::Date => "$date",
+            Wrapper::MinKey => "$minKey",
+            Wrapper::MaxKey => "$maxKey",
+            Wrapper::DbPointer => "$dbPointer",
+            Wrapper::Undefined => "$undefined",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyClass {
+    Plain,
+    Wrapper(Wrapper),
+    /// `$scope`: part of a code-with-scope wrapper, or an ordinary key.
+    Scope,
+}
+
+#[inline]
+fn classify(key: &[u8]) -> KeyClass {
+    if key.first() != Some(&b'$') {
+        return KeyClass::Plain;
+    }
+    let w = match key {
+        b"$oid" => Wrapper::Oid,
+        b"$symbol" => Wrapper::Symbol,
+        b"$regularExpression" => Wrapper::RegularExpression,
+        b"$numberInt" => Wrapper::NumberInt,
+        b"$numberLong" => Wrapper::NumberLong,
+        b"$numberDouble" => Wrapper::NumberDouble,
+        b"$numberDecimal" => Wrapper::NumberDecimal,
+        b"$binary" => Wrapper::Binary,
+        b"$uuid" => Wrapper::Uuid,
+        b"$code" => Wrapper::Code,
+        b"$timestamp" => Wrapper::Timestamp,
+        b"$date" => Wrapper::Date,
+        b"$minKey" => Wrapper::MinKey,
+        b"$maxKey" => Wrapper::MaxKey,
+        b"$dbPointer" => Wrapper::DbPointer,
+        b"$undefined" => Wrapper::Undefined,
+        b"$scope" => return KeyClass::Scope,
+        _ => return KeyClass::Plain,
+    };
+    KeyClass::Wrapper(w)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming: JSON values to BSON.
+
+/// The top-level object: a document whose own keys are never wrappers.
+struct TopSeed<'a> {
+    ctx: &'a mut Ctx,
+}
+
+impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        write_object(self.ctx, map, false).map(|_| ())
+    }
+}
+
+/// Any JSON value: writes its BSON value and returns its element type.
+struct ValueSeed<'a> {
+    ctx: &'a mut Ctx,
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = u8;
+
+    #[inline]
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<u8, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_> {
+    type Value = u8;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<u8, E> {
+        self.ctx.out.push(u8::from(v));
+        Ok(ty::BOOLEAN)
+    }
+
+    #[inline]
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u8, E> {
+        Ok(match i32::try_from(v) {
+            Ok(i) => {
+                self.ctx.out.extend_from_slice(&i.to_le_bytes());
+                ty::INT32
+            }
+            Err(_) => {
+                self.ctx.out.extend_from_slice(&v.to_le_bytes());
+                ty::INT64
+            }
+        })
+    }
+
+    #[inline]
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u8, E> {
+        match i64::try_from(v) {
+            Ok(i) => self.visit_i64(i),
+            // Above i64::MAX: bson falls back to a double.
+            Err(_) => self.visit_f64(v as f64),
+        }
+    }
+
+    #[inline]
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<u8, E> {
+        self.ctx.out.extend_from_slice(&v.to_le_bytes());
+        Ok(ty::DOUBLE)
+    }
+
+    #[inline]
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<u8, E> {
+        self.ctx.put_str(v.as_bytes())?;
+        Ok(ty::STRING)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<u8, E> {
+        Ok(ty::NULL)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<u8, E> {
+        Ok(ty::NULL)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<u8, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u8, A::Error> {
+        let ctx = self.ctx;
+        let start = ctx.out.len();
+        ctx.out.extend_from_slice(&[0; 4]);
+        let mut index = 0usize;
+        loop {
+            let elem = ctx.out.len();
+            ctx.out.push(0);
+            write_index(&mut ctx.out, index);
+            match seq.next_element_seed(ValueSeed { ctx: &mut *ctx })? {
+                Some(t) => ctx.out[elem] = t,
+                None => {
+                    ctx.out.truncate(elem);
+                    break;
+                }
+            }
+            index += 1;
+        }
+        ctx.finish_doc(start)?;
+        Ok(ty::ARRAY)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<u8, A::Error> {
+        write_object(self.ctx, map, true)
+    }
+}
+
+/// Writes an array index as a cstring key.
+#[inline]
+fn write_index(out: &mut Vec<u8>, index: usize) {
+    if index < 10 {
+        out.extend_from_slice(&[b'0' + index as u8, 0]);
+        return;
+    }
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = index;
+    while n > 0 {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&buf[i..]);
+    out.push(0);
+}
+
+/// A map key, written straight into the output as a cstring.
+struct KeySeed<'a> {
+    ctx: &'a mut Ctx,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = (KeyClass, usize);
+
+    #[inline]
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = (KeyClass, usize);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    #[inline]
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        self.ctx.write_key(v)
+    }
+}
+
+/// Writes a JSON object: a document, or (when `detect` and a key says so) a wrapper's value.
+/// Returns the element type.
+fn write_object<'de, A: MapAccess<'de>>(
+    ctx: &mut Ctx,
+    mut map: A,
+    detect: bool,
+) -> Result<u8, A::Error> {
+    let start = ctx.out.len();
+    ctx.out.extend_from_slice(&[0; 4]);
+    let mut elem = ctx.out.len();
+    ctx.out.push(0);
+    let Some((class, mut key_len)) = map.next_key_seed(KeySeed { ctx: &mut *ctx })? else {
+        ctx.out.truncate(elem);
+        ctx.finish_doc(start)?;
+        return Ok(ty::DOCUMENT);
+    };
+    if detect {
+        match class {
+            KeyClass::Plain => {}
+            KeyClass::Wrapper(w) => {
+                ctx.out.truncate(start);
+                return write_wrapper(ctx, map, w, start);
+            }
+            KeyClass::Scope => {
+                ctx.out.truncate(start);
+                return write_scope_first(ctx, map);
+            }
+        }
+    }
+    let mut seen = Seen::new();
+    loop {
+        let dup = seen.check(&ctx.out, elem, key_len);
+        let t = map.next_value_seed(ValueSeed { ctx: &mut *ctx })?;
+        ctx.out[elem] = t;
+        if let Some(j) = dup {
+            seen.replace(&mut ctx.out, j, elem);
+        }
+        elem = ctx.out.len();
+        ctx.out.push(0);
+        match map.next_key_seed(KeySeed { ctx: &mut *ctx })? {
+            None => {
+                ctx.out.truncate(elem);
+                break;
+            }
+            Some((KeyClass::Wrapper(w), _)) if detect => {
+                return Err(ctx.bad(w, "mixed with other keys in one object"));
+            }
+            Some((_, len)) => key_len = len,
+        }
+    }
+    ctx.finish_doc(start)?;
+    Ok(ty::DOCUMENT)
+}
+
+/// The elements of the document being written, to find repeated keys (the value of the last
+/// occurrence takes the place of the first, as in a `serde_json::Map`).
+struct Seen {
+    inline: [usize; 16],
+    len: usize,
+    spill: Vec<usize>,
+    index: Option<HashMap<Vec<u8>, usize>>,
+}
+
+impl Seen {
+    fn new() -> Self {
+        Seen {
+            inline: [0; 16],
+            len: 0,
+            spill: Vec::new(),
+            index: None,
+        }
+    }
+
+    #[inline]
+    fn get(&self, i: usize) -> usize {
+        match self.inline.get(i) {
+            Some(&o) => o,
+            None => self.spill[i - self.inline.len()],
+        }
+    }
+
+    fn shift(&mut self, i: usize, delta: isize) {
+        let n = self.inline.len();
+        let slot = match self.inline.get_mut(i) {
+            Some(o) => o,
+            None => &mut self.spill[i - n],
+        };
+        *slot = slot.wrapping_add_signed(delta);
+    }
+
+    #[inline]
+    fn push(&mut self, offset: usize) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = offset,
+            None => self.spill.push(offset),
+        }
+        self.len += 1;
+    }
+
+    /// For the element just begun at `elem` (key of `key_len` bytes written): the index of an
+    /// earlier element with the same key, or `None` after recording this one.
+    #[inline]
+    fn check(&mut self, out: &[u8], elem: usize, key_len: usize) -> Option<usize> {
+        let key = &out[elem + 1..elem + 1 + key_len];
+        if let Some(index) = &mut self.index {
+            if let Some(&j) = index.get(key) {
+                return Some(j);
+            }
+            index.insert(key.to_vec(), self.len);
+        } else {
+            for j in 0..self.len {
+                let o = self.get(j) + 1;
+                // Keys hold no NUL, so a shorter or longer earlier key cannot match.
+                if out[o + key_len] == 0 && &out[o..o + key_len] == key {
+                    return Some(j);
+                }
+            }
+            if self.len + 1 >= INDEX_THRESHOLD {
+                let mut index = HashMap::with_capacity(2 * INDEX_THRESHOLD);
+                for j in 0..self.len {
+                    let o = self.get(j) + 1;
+                    let n = out[o..].iter().position(|&b| b == 0).unwrap_or(0);
+                    index.insert(out[o..o + n].to_vec(), j);
+                }
+                index.insert(key.to_vec(), self.len);
+                self.index = Some(index);
+            }
+        }
+        self.push(elem);
+        None
+    }
+
+    /// Moves the element written at `elem..` (the end of `out`) over earlier element `j`.
+    #[cold]
+    fn replace(&mut self, out: &mut Vec<u8>, j: usize, elem: usize) {
+        let old = self.get(j);
+        let old_end = if j + 1 < self.len {
+            self.get(j + 1)
+        } else {
+            elem
+        };
+        let new = out.split_off(elem);
+        let delta = new.len() as isize - (old_end - old) as isize;
+        out.splice(old..old_end, new);
+        for k in j + 1..self.len {
+            self.shift(k, delta);
+        }
+    }
+}
+
+/// A wrapper object, its first key (`w`) already read. Writes the value at `start`.
+fn write_wrapper<'de, A: MapAccess<'de>>(
+    ctx: &mut Ctx,
+    mut map: A,
+    w: Wrapper,
+    start: usize,
+) -> Result<u8, A::Error> {
+    let mut value: Small<'de> = map.next_value()?;
+    let mut scope = ScopeKind::Absent;
+    while let Some(key) = map.next_key_seed(CowStr)? {
+        if key == w.name() {
+            value = map.next_value()?;
+        } else if w == Wrapper::Code && key == "$scope" {
+            ctx.out.truncate(start);
+            scope = map.next_value_seed(ScopeSeed { ctx: &mut *ctx })?;
+        } else {
+            return Err(ctx.bad(w, format!("unexpected key {key:?}")));
+        }
+    }
+    match emit(ctx, w, &value, scope, start) {
+        Ok(t) => Ok(t),
+        Err(e) => Err(ctx.fail(e)),
+    }
+}
+
+/// A nested object whose first key is `$scope`: code with scope if `$code` follows, else a
+/// document. Rare, so it is read into a `serde_json::Value` and replayed.
+fn write_scope_first<'de, A: MapAccess<'de>>(ctx: &mut Ctx, mut map: A) -> Result<u8, A::Error> {
+    let mut entries: Vec<(String, serde_json::Value)> =
+        vec![("$scope".to_owned(), map.next_value()?)];
+    while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+        entries.push(entry);
+    }
+    replay_scope_first(ctx, &entries).map_err(de::Error::custom)
+}
+
+fn replay_scope_first(
+    ctx: &mut Ctx,
+    entries: &[(String, serde_json::Value)],
+) -> Result<u8, serde_json::Error> {
+    let mut wrapper: Option<Wrapper> = None;
+    for (k, _) in entries {
+        if let KeyClass::Wrapper(w) = classify(k.as_bytes()) {
+            wrapper = Some(wrapper.map_or(w, |v| v.min(w)));
+        }
+    }
+    let start = ctx.out.len();
+    if let Some(w) = wrapper {
+        // Only `$code` takes `$scope`, and nothing else may be there.
+        if let Some((k, _)) = entries.iter().find(|(k, _)| k != "$scope" && k != w.name()) {
+            return Err(ctx.bad(w, format!("unexpected key {k:?}")));
+        }
+        if w != Wrapper::Code {
+            return Err(ctx.bad(w, "unexpected key \"$scope\""));
+        }
+        let last = |name: &str| entries.iter().rev().find(|(k, _)| k == name).map(|e| &e.1);
+        let (Some(code), Some(scope)) = (last("$code"), last("$scope")) else {
+            return Err(ctx.bad(w, "missing key"));
+        };
+        let scope = ScopeSeed { ctx: &mut *ctx }.deserialize(scope)?;
+        let code = Small::deserialize(code)?;
+        return match emit(ctx, w, &code, scope, start) {
+            Ok(t) => Ok(t),
+            Err(e) => Err(ctx.fail(e)),
+        };
+    }
+    ctx.out.extend_from_slice(&[0; 4]);
+    let mut seen = Seen::new();
+    for (k, v) in entries {
+        let elem = ctx.out.len();
+        ctx.out.push(0);
+        let (_, key_len) = ctx.write_key::<serde_json::Error>(k)?;
+        let dup = seen.check(&ctx.out, elem, key_len);
+        let t = ValueSeed { ctx: &mut *ctx }.deserialize(v)?;
+        ctx.out[elem] = t;
+        if let Some(j) = dup {
+            seen.replace(&mut ctx.out, j, elem);
+        }
+    }
+    ctx.finish_doc::<serde_json::Error>(start)?;
+    Ok(ty::DOCUMENT)
+}
+
+/// What a `$scope` value turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScopeKind {
+    Absent,
+    Null,
+    /// A document, written at the end of the output.
+    Doc,
+    Invalid,
+}
+
+/// The value of `$scope`: an object is written as a document (its own keys are not wrappers);
+/// anything else is only noted.
+struct ScopeSeed<'a> {
+    ctx: &'a mut Ctx,
+}
+
+impl<'de> DeserializeSeed<'de> for ScopeSeed<'_> {
+    type Value = ScopeKind;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<ScopeKind, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ScopeSeed<'_> {
+    type Value = ScopeKind;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ScopeKind, A::Error> {
+        write_object(self.ctx, map, false)?;
+        Ok(ScopeKind::Doc)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<ScopeKind, E> {
+        Ok(ScopeKind::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<ScopeKind, E> {
+        Ok(ScopeKind::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ScopeKind, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(ScopeKind::Invalid)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<ScopeKind, E> {
+        Ok(ScopeKind::Invalid)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<ScopeKind, E> {
+        Ok(ScopeKind::Invalid)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<ScopeKind, E> {
+        Ok(ScopeKind::Invalid)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<ScopeKind, E> {
+        Ok(ScopeKind::Invalid)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<ScopeKind, E> {
+        Ok(ScopeKind::Invalid)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wrapper bodies.
+
+/// A wrapper's body, held until the whole wrapper object is read (a repeated key replaces it).
+#[derive(Debug)]
+enum Small<'de> {
+    Null,
+    Bool(bool),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    Str(Cow<'de, str>),
+    Seq(Vec<Small<'de>>),
+    Map(Vec<(Cow<'de, str>, Small<'de>)>),
+}
+
+impl<'de> Deserialize<'de> for Small<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SmallVisitor)
+    }
+}
+
+struct SmallVisitor;
+
+impl<'de> Visitor<'de> for SmallVisitor {
+    type Value = Small<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Small<'de>, E> {
+        Ok(Small::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Small<'de>, E> {
+        Ok(Small::I64(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Small<'de>, E> {
+        Ok(Small::U64(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Small<'de>, E> {
+        Ok(Small::F64(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Small<'de>, E> {
+        Ok(Small::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Small<'de>, E> {
+        Ok(Small::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Small<'de>, E> {
+        Ok(Small::Str(Cow::Owned(v)))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Small<'de>, E> {
+        Ok(Small::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Small<'de>, E> {
+        Ok(Small::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Small<'de>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Small<'de>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Small::Seq(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Small<'de>, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(key) = map.next_key_seed(CowStr)? {
+            entries.push((key, map.next_value()?));
+        }
+        Ok(Small::Map(entries))
+    }
+}
+
+/// A string, borrowed from the input when it has no escapes.
+struct CowStr;
+
+impl<'de> DeserializeSeed<'de> for CowStr {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CowStr {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// Any JSON value, checked and thrown away.
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> Visitor<'de> for SkipVisitor {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_entry::<Skip, Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+}
+
+impl Small<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Small::Null => "null",
+            Small::Bool(_) => "a boolean",
+            Small::U64(_) | Small::I64(_) => "an integer",
+            Small::F64(_) => "a floating-point number",
+            Small::Str(_) => "a string",
+            Small::Seq(_) => "an array",
+            Small::Map(_) => "an object",
+        }
+    }
+
+    /// The value, as an error message quotes it.
+    fn describe(&self) -> String {
+        match self {
+            Small::Null => "null".to_owned(),
+            Small::Bool(b) => b.to_string(),
+            Small::U64(n) => n.to_string(),
+            Small::I64(n) => n.to_string(),
+            Small::F64(f) => f.to_string(),
+            Small::Str(s) => format!("{s:?}"),
+            other => other.kind().to_owned(),
+        }
+    }
+
+    fn string(&self) -> Result<&str, String> {
+        match self {
+            Small::Str(s) => Ok(s),
+            other => Err(format!("expected a string, found {}", other.kind())),
+        }
+    }
+
+    fn unsigned(&self) -> Option<u64> {
+        match *self {
+            Small::U64(n) => Some(n),
+            Small::I64(n) => u64::try_from(n).ok(),
+            _ => None,
+        }
+    }
+
+    fn u32(&self) -> Result<u32, String> {
+        self.unsigned()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| format!(
+                    "expected an integer from 0 to 4294967295, found {}",
+                    self.describe()
+                ))
+    }
+
+    /// The fields of a struct-like body: an object with exactly these keys (the last of a
+    /// repeated key counts), or an array of the values in this order.
+    fn fields<const N: usize>(&self, names: [&str; N]) -> Result<[&Self; N], String> {
+        match self {
+            Small::Map(entries) => {
+                let mut found: [Option<&Self>; N] = [None; N];
+                for (k, v) in entries {
+                    match names.iter().position(|n| n == k) {
+                        Some(i) => found[i] = Some(v),
+                        None => return Err(format!("unexpected key {k:?}")),
+                    }
+                }
+                let mut fields = [self; N];
+                for (i, f) in found.into_iter().enumerate() {
+                    fields[i] = f.ok_or_else(|| format!("missing key {:?}", names[i]))?;
+                }
+                Ok(fields)
+            }
+            Small::Seq(items) if items.len() == N => {
+                let mut fields = [self; N];
+                for (slot, item) in fields.iter_mut().zip(items) {
+                    *slot = item;
+                }
+                Ok(fields)
+            }
+            Small::Seq(items) => Err(format!(
+                "expected an object with keys {names:?}, found an array of {}",
+                items.len()
+            )),
+            other => Err(format!(
+                "expected an object with keys {names:?}, found {}",
+                other.kind()
+            )),
+        }
+    }
+}
+
+/// Writes wrapper `w` with body `v` at `start` (the end of the output, or where the `$scope`
+/// document was written); returns the element type.
+fn emit(
+    ctx: &mut Ctx,
+    w: Wrapper,
+    v: &Small<'_>,
+    scope: ScopeKind,
+    start: usize,
+) -> Result<u8, ExtJsonError> {
+    let bad = |reason: String| bad_wrapper(w, reason);
+    let out = &mut ctx.out;
+    let t = match w {
+        Wrapper::Oid => {
+            out.extend_from_slice(&oid(v).map_err(bad)?);
+            ty::OBJECT_ID
+        }
+        Wrapper::Symbol => {
+            put_string(out, v.string().map_err(bad)?)?;
+            ty::SYMBOL
+        }
+        Wrapper::RegularExpression => {
+            let [pattern, options] = v.fields(["pattern", "options"]).map_err(bad)?;
+            let pattern = pattern.string().map_err(bad)?;
+            let options = options.string().map_err(bad)?;
+            if pattern.contains('\0') || options.contains('\0') {
+                return Err(bad("the pattern or options contain a NUL byte".into()));
+            }
+            // bson sorts the options.
+            let mut chars: Vec<char> = options.chars().collect();
+            chars.sort_unstable();
+            out.extend_from_slice(pattern.as_bytes());
+            out.push(0);
+            let mut buf = [0u8; 4];
+            for c in chars {
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+            out.push(0);
+            ty::REGEX
+        }
+        Wrapper::NumberInt => {
+            let s = v.string().map_err(bad)?;
+            let n: i32 = s
+                .parse()
+                .map_err(|_| bad(format!("{s:?} is not a 32-bit integer")))?;
+            out.extend_from_slice(&n.to_le_bytes());
+            ty::INT32
+        }
+        Wrapper::NumberLong => {
+            let s = v.string().map_err(bad)?;
+            let n: i64 = s
+                .parse()
+                .map_err(|_| bad(format!("{s:?} is not a 64-bit integer")))?;
+            out.extend_from_slice(&n.to_le_bytes());
+            ty::INT64
+        }
+        Wrapper::NumberDouble => {
+            let s = v.string().map_err(bad)?;
+            let f = match s {
+                "Infinity" => f64::INFINITY,
+                "-Infinity" => f64::NEG_INFINITY,
+                "NaN" => f64::NAN,
+                other => other
+                    .parse()
+                    .map_err(|_| bad(format!("{s:?} is not a double")))?,
+            };
+            out.extend_from_slice(&f.to_le_bytes());
+            ty::DOUBLE
+        }
+        Wrapper::NumberDecimal => {
+            let s = v.string().map_err(bad)?;
+            let d: bson::Decimal128 = s
+                .parse()
+                .map_err(|e| bad(format!("{s:?} is not a Decimal128: {e}")))?;
+            out.extend_from_slice(&d.bytes());
+            ty::DECIMAL128
+        }
+        Wrapper::Binary => {
+            let [data, subtype] = v.fields(["base64", "subType"]).map_err(bad)?;
+            let data = data.string().map_err(bad)?;
+            let subtype = subtype.string().map_err(bad)?;
+            let sub = match subtype.as_bytes() {
+                &[hi, lo] => hex_digit(hi).zip(hex_digit(lo)).map(|(h, l)| h << 4 | l),
+                _ => None,
+            }
+            .ok_or_else(|| bad(format!("subType {subtype:?} is not one byte in hexadecimal")))?;
+            let at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            out.push(sub);
+            let old = sub == 0x02;
+            if old {
+                // The old binary subtype repeats the length inside the value.
+                out.extend_from_slice(&[0; 4]);
+            }
+            let data_start = out.len();
+            if let Err(e) = base64::engine::general_purpose::STANDARD.decode_vec(data, out) {
+                out.truncate(at);
+                return Err(bad(format!("invalid base64: {e}")));
+            }
+            let n = out.len() - data_start;
+            let outer = bson_len(if old { n + 4 } else { n }).ok_or(ExtJsonError::TooLarge)?;
+            out[at..at + 4].copy_from_slice(&outer);
+            if old {
+                let inner = bson_len(n).ok_or(ExtJsonError::TooLarge)?;
+                out[at + 5..at + 9].copy_from_slice(&inner);
+            }
+            ty::BINARY
+        }
+        Wrapper::Uuid => {
+            let s = v.string().map_err(bad)?;
+            let uuid = bson::Uuid::parse_str(s)
+                .map_err(|_| bad(format!("{s:?} is not a UUID in hexadecimal")))?;
+            out.extend_from_slice(&16i32.to_le_bytes());
+            out.push(0x04);
+            out.extend_from_slice(&uuid.bytes());
+            ty::BINARY
+        }
+        Wrapper::Code => {
+            let code = v.string().map_err(bad)?;
+            match scope {
+                ScopeKind::Absent | ScopeKind::Null => {
+                    out.truncate(start);
+                    put_string(out, code)?;
+                    ty::CODE
+                }
+                ScopeKind::Invalid => {
+                    return Err(bad("$scope must be an object".into()));
+                }
+                ScopeKind::Doc => {
+                    // The scope document is already at `start`; put the total length and the
+                    // code in front of it.
+                    let scope_len = out.len() - start;
+                    let total = 4 + 4 + code.len() + 1 + scope_len;
+                    let mut head = Vec::with_capacity(9 + code.len());
+                    head.extend_from_slice(&bson_len(total).ok_or(ExtJsonError::TooLarge)?);
+                    put_string(&mut head, code)?;
+                    out.splice(start..start, head);
+                    ty::CODE_WITH_SCOPE
+                }
+            }
+        }
+        Wrapper::Timestamp => {
+            let [t, i] = v.fields(["t", "i"]).map_err(bad)?;
+            let t = t.u32().map_err(bad)?;
+            let i = i.u32().map_err(bad)?;
+            out.extend_from_slice(&i.to_le_bytes());
+            out.extend_from_slice(&t.to_le_bytes());
+            ty::TIMESTAMP
+        }
+        Wrapper::Date => {
+            out.extend_from_slice(&date(v).map_err(bad)?.to_le_bytes());
+            ty::DATE_TIME
+        }
+        Wrapper::MinKey | Wrapper::MaxKey => {
+            if v.unsigned() != Some(1) {
+                return Err(bad(format!("expected 1, found {}", v.describe())));
+            }
+            if w == Wrapper::MinKey {
+                ty::MIN_KEY
+            } else {
+                ty::MAX_KEY
+            }
+        }
+        Wrapper::DbPointer => {
+            let [ns, id] = v.fields(["$ref", "$id"]).map_err(bad)?;
+            let ns = ns.string().map_err(bad)?;
+            let [id] = id.fields(["$oid"]).map_err(bad)?;
+            let id = oid(id).map_err(bad)?;
+            put_string(out, ns)?;
+            out.extend_from_slice(&id);
+            ty::DB_POINTER
+        }
+        Wrapper::Undefined => {
+            if !matches!(v, Small::Bool(true)) {
+                return Err(bad(format!("expected true, found {}", v.describe())));
+            }
+            ty::UNDEFINED
+        }
+    };
+    Ok(t)
+}
+
+fn put_string(out: &mut Vec<u8>, s: &str) -> Result<(), ExtJsonError> {
+    let len = bson_len(s.len() + 1).ok_or(ExtJsonError::TooLarge)?;
+    out.extend_from_slice(&len);
+    out.extend_from_slice(s.as_bytes());
+    out.push(0);
+    Ok(())
+}
+
+#[inline]
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn oid(v: &Small<'_>) -> Result<[u8; 12], String> {
+    let s = v.string()?;
+    let b = s.as_bytes();
+    let mut id = [0u8; 12];
+    let ok = b.len() == 24
+        && id.iter_mut().zip(b.chunks_exact(2)).all(|(slot, pair)| {
+            match (hex_digit(pair[0]), hex_digit(pair[1])) {
+                (Some(h), Some(l)) => {
+                    *slot = h << 4 | l;
+                    true
+                }
+                _ => false,
+            }
+        });
+    if ok {
+        Ok(id)
+    } else {
+        Err(format!("expected 24 hexadecimal digits, found {s:?}"))
+    }
+}
+
+/// A `$date` body: `{"$numberLong": "…"}`, an RFC 3339 string, or integer milliseconds.
+fn date(v: &Small<'_>) -> Result<i64, String> {
+    match v {
+        Small::Map(_) | Small::Seq(_) => {
+            let [n] = v.fields(["$numberLong"])?;
+            let s = n.string()?;
+            s.parse()
+                .map_err(|_| format!("{s:?} is not a 64-bit integer"))
+        }
+        Small::Str(s) => parse_rfc3339(s).ok_or_else(|| format!("{s:?} is not an RFC 3339 date")),
+        Small::U64(n) => i64::try_from(*n).map_err(|_| format!("{n} is out of range")),
+        Small::I64(n) => Ok(*n),
+        other => Err(format!(
+            "expected a string, an integer or {{\"$numberLong\": …}}, found {}",
+            other.kind()
+        )),
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 date-time, read as the `time` crate reads it
+/// (which is what bson uses): `YYYY-MM-DD`, any one byte, `hh:mm:ss`, optional `.` and digits
+/// (truncated), then `Z`, `z` or `±hh:mm`. A leap second (`:60`) counts as the last nanosecond
+/// of the previous second and is only accepted at 23:59:60 UTC on the last day of a month.
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let digits = |at: usize, n: usize| -> Option<u32> {
+        let mut v = 0u32;
+        for k in 0..n {
+            let c = *b.get(at + k)?;
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + u32::from(c - b'0');
+        }
+        Some(v)
+    };
+    let lit = |at: usize, c: u8| (b.get(at) == Some(&c)).then_some(());
+    let year = digits(0, 4)?;
+    lit(4, b'-')?;
+    let month = digits(5, 2)?;
+    lit(7, b'-')?;
+    let day = digits(8, 2)?;
+    b.get(10)?; // any separator
+    let hour = digits(11, 2)?;
+    lit(13, b':')?;
+    let minute = digits(14, 2)?;
+    lit(16, b':')?;
+    let second = digits(17, 2)?;
+    let mut i = 19;
+    let mut nanos = 0u32;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let first = i;
+        let mut scale = 100_000_000u32;
+        while let Some(c) = b.get(i).filter(|c| c.is_ascii_digit()) {
+            nanos += u32::from(c - b'0') * scale;
+            scale /= 10;
+            i += 1;
+        }
+        if i == first {
+            return None;
+        }
+    }
+    let offset = match *b.get(i)? {
+        b'Z' | b'z' => {
+            i += 1;
+            0
+        }
+        sign @ (b'+' | b'-') => {
+            let h = digits(i + 1, 2)?;
+            lit(i + 3, b':')?;
+            let m = digits(i + 4, 2)?;
+            if h > 23 || m > 59 {
+                return None;
+            }
+            i += 6;
+            let secs = i64::from(h * 3600 + m * 60);
+            if sign == b'-' { -secs } else { secs }
+        }
+        _ => return None,
+    };
+    if i != b.len()
+        || !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let leap = second == 60;
+    let (second, nanos) = if leap {
+        (59, 999_999_999)
+    } else {
+        (second, nanos)
+    };
+    let secs = days_from_civil(i64::from(year), month, day) * 86_400
+        + i64::from(hour * 3600 + minute * 60 + second)
+        - offset;
+    if leap {
+        let (_, _, next_day) = civil_from_days((secs + 1).div_euclid(86_400));
+        if secs.rem_euclid(86_400) != 86_399 || next_day != 1 {
+            return None;
+        }
+    }
+    // Truncated toward zero, as bson does.
+    i64::try_from((i128::from(secs) * 1_000_000_000 + i128::from(nanos)) / 1_000_000).ok()
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let (m, d) = (i64::from(month), i64::from(day));
+    let y = if m <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+// ---------------------------------------------------------------------------------------------
+// BSON to Extended JSON.
+
+/// Writes a BSON document (raw bytes) as relaxed (canonical = false) or canonical Extended JSON
+/// v2 into `out`.
+///
+/// The output is compact, keeps field order, and reads back through [`transcode`] to the same
+/// bytes. The relaxed form is bson's (`Bson::into_relaxed_extjson`) except where a plain number
+/// would not come back as the same type or bits: an int64 that fits 32 bits is written as
+/// `{"$numberLong": "…"}`, and a double that `serde_json` would not read back exactly as
+/// `{"$numberDouble": "…"}`. Canonical doubles are always `{"$numberDouble": "…"}`.
+///
+/// What cannot round-trip: NaNs other than the two standard ones, Decimal128 bit patterns that are
+/// not canonical (bson prints them as their value), regex options that are not sorted, and
+/// embedded documents whose keys look like wrappers (`{"$oid": "…"}` as a document), which no
+/// Extended JSON reader can tell apart. On error `out` is left as it was.
+///
+/// # Errors
+///
+/// [`ExtJsonError::Syntax`] (prefixed "malformed BSON") if `doc` does not hold valid BSON, e.g. a
+/// string that is not UTF-8.
+///
+/// ```
+/// use changeflow_core::extjson::{transcode, write_document};
+///
+/// let mut bytes = Vec::new();
+/// transcode(br#"{"n": 1, "big": {"$numberLong": "7"}, "x": 1.5}"#, &mut bytes)?;
+/// let doc = bson::RawDocument::from_bytes(&bytes)?;
+/// let mut json = String::new();
+/// write_document(doc, false, &mut json)?;
+/// assert_eq!(json, r#"{"n":1,"big":{"$numberLong":"7"},"x":1.5}"#);
+/// json.clear();
+/// write_document(doc, true, &mut json)?;
+/// assert_eq!(
+///     json,
+///     r#"{"n":{"$numberInt":"1"},"big":{"$numberLong":"7"},"x":{"$numberDouble":"1.5"}}"#
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn write_document(
+    doc: &bson::RawDocument,
+    canonical: bool,
+    out: &mut String,
+) -> Result<(), ExtJsonError> {
+    let base = out.len();
+    let result = JsonWriter {
+        out: &mut *out,
+        canonical,
+    }
+    .document(doc.as_bytes(), doc.iter_elements(), false);
+    if result.is_err() {
+        out.truncate(base);
+    }
+    result
+}
+
+fn malformed(e: bson::error::Error) -> ExtJsonError {
+    ExtJsonError::Syntax(format!("malformed BSON: {e}"))
+}
+
+struct JsonWriter<'a> {
+    out: &'a mut String,
+    canonical: bool,
+}
+
+impl JsonWriter<'_> {
+    /// Writes the elements of a document (or, when `array`, an array) whose bytes are `bytes`.
+    fn document(
+        &mut self,
+        bytes: &[u8],
+        elements: bson::raw::RawIter<'_>,
+        array: bool,
+    ) -> Result<(), ExtJsonError> {
+        self.out.push(if array { '[' } else { '{' });
+        let mut offset = 4;
+        for (i, element) in elements.enumerate() {
+            let element = element.map_err(malformed)?;
+            if i > 0 {
+                self.out.push(',');
+            }
+            let key = element.key().as_str();
+            if !array {
+                write_json_str(self.out, key);
+                self.out.push(':');
+            }
+            let value_start = offset + 1 + key.len() + 1;
+            offset = value_start + element.size();
+            let value = element.value().map_err(malformed)?;
+            if let bson::RawBsonRef::DbPointer(_) = value {
+                // bson does not expose a DBPointer's parts: read them from the bytes.
+                let raw = bytes.get(value_start..offset).unwrap_or_default();
+                self.db_pointer(raw)?;
+            } else {
+                self.value(value)?;
+            }
+        }
+        self.out.push(if array { ']' } else { '}' });
+        Ok(())
+    }
+
+    fn value(&mut self, value: bson::RawBsonRef<'_>) -> Result<(), ExtJsonError> {
+        use bson::RawBsonRef as B;
+        let canonical = self.canonical;
+        let out = &mut *self.out;
+        match value {
+            B::Double(f) => write_double(out, f, canonical),
+            B::String(s) => write_json_str(out, s),
+            B::Document(d) => return self.document(d.as_bytes(), d.iter_elements(), false),
+            B::Array(a) => return self.document(a.as_bytes(), a.iter_elements(), true),
+            B::Binary(b) => {
+                out.push_str(r#"{"$binary":{"base64":""#);
+                out.push_str(&base64::engine::general_purpose::STANDARD.encode(b.bytes));
+                let _ = write!(out, r#"","subType":"{:02x}"}}}}"#, u8::from(b.subtype));
+            }
+            B::Undefined => out.push_str(r#"{"$undefined":true}"#),
+            B::ObjectId(id) => {
+                let _ = write!(out, r#"{{"$oid":"{}"}}"#, id.to_hex());
+            }
+            B::Boolean(v) => out.push_str(if v { "true" } else { "false" }),
+            B::DateTime(dt) => write_date(out, dt.timestamp_millis(), canonical),
+            B::Null => out.push_str("null"),
+            B::RegularExpression(re) => {
+                let mut options: Vec<char> = re.options.as_str().chars().collect();
+                options.sort_unstable();
+                let options: String = options.into_iter().collect();
+                out.push_str(r#"{"$regularExpression":{"pattern":"#);
+                write_json_str(out, re.pattern.as_str());
+                out.push_str(r#","options":"#);
+                write_json_str(out, &options);
+                out.push_str("}}");
+            }
+            B::DbPointer(_) => {
+                // Handled by `document`, which has the bytes.
+                return Err(ExtJsonError::Syntax("malformed BSON: DBPointer".into()));
+            }
+            B::JavaScriptCode(code) => {
+                out.push_str(r#"{"$code":"#);
+                write_json_str(out, code);
+                out.push('}');
+            }
+            B::Symbol(s) => {
+                out.push_str(r#"{"$symbol":"#);
+                write_json_str(out, s);
+                out.push('}');
+            }
+            B::JavaScriptCodeWithScope(cws) => {
+                out.push_str(r#"{"$code":"#);
+                write_json_str(out, cws.code);
+                out.push_str(r#","$scope":"#);
+                self.document(cws.scope.as_bytes(), cws.scope.iter_elements(), false)?;
+                self.out.push('}');
+            }
+            B::Int32(n) => {
+                let _ = if canonical {
+                    write!(out, r#"{{"$numberInt":"{n}"}}"#)
+                } else {
+                    write!(out, "{n}")
+                };
+            }
+            B::Timestamp(ts) => {
+                let _ = write!(
+                    out,
+                    r#"{{"$timestamp":{{"t":{},"i":{}}}}}"#,
+                    ts.time, ts.increment
+                );
+            }
+            B::Int64(n) => {
+                // A relaxed int64 that fits 32 bits would read back as an int32.
+                let _ = if canonical || i32::try_from(n).is_ok() {
+                    write!(out, r#"{{"$numberLong":"{n}"}}"#)
+                } else {
+                    write!(out, "{n}")
+                };
+            }
+            B::Decimal128(d) => {
+                let _ = write!(out, r#"{{"$numberDecimal":"{d}"}}"#);
+            }
+            B::MaxKey => out.push_str(r#"{"$maxKey":1}"#),
+            B::MinKey => out.push_str(r#"{"$minKey":1}"#),
+        }
+        Ok(())
+    }
+
+    /// A DBPointer from its value bytes: string (length, bytes, NUL), then 12 ObjectId bytes.
+    fn db_pointer(&mut self, raw: &[u8]) -> Result<(), ExtJsonError> {
+        let bad = || ExtJsonError::Syntax("malformed BSON: bad DBPointer".into());
+        let len = raw
+            .get(..4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(i32::from_le_bytes)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n >= 1)
+            .ok_or_else(bad)?;
+        let ns = raw
+            .get(4..4 + len - 1)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .ok_or_else(bad)?;
+        let id = raw.get(4 + len..4 + len + 12).ok_or_else(bad)?;
+        self.out.push_str(r#"{"$dbPointer":{"$ref":"#);
+        write_json_str(self.out, ns);
+        self.out.push_str(r#","$id":{"$oid":""#);
+        for b in id {
+            let _ = write!(self.out, "{b:02x}");
+        }
+        self.out.push_str(r#""}}}"#);
+        Ok(())
+    }
+}
+
+fn write_double(out: &mut String, f: f64, canonical: bool) {
+    if f.is_nan() {
+        out.push_str(if f.is_sign_negative() {
+            r#"{"$numberDouble":"-NaN"}"#
+        } else {
+            r#"{"$numberDouble":"NaN"}"#
+        });
+        return;
+    }
+    if f.is_infinite() {
+        out.push_str(if f > 0.0 {
+            r#"{"$numberDouble":"Infinity"}"#
+        } else {
+            r#"{"$numberDouble":"-Infinity"}"#
+        });
+        return;
+    }
+    if !canonical {
+        // serde_json's shortest form; it always has a '.' or an exponent, so it reads back as a
+        // double, but serde_json's own reader is not exact for every such text.
+        if let Ok(s) = serde_json::to_string(&f) {
+            if serde_json::from_str::<f64>(&s).is_ok_and(|g| g.to_bits() == f.to_bits()) {
+                out.push_str(&s);
+                return;
+            }
+        }
+    }
+    // Rust's shortest exact decimal, with ".0" for integral values (as bson writes it).
+    let _ = write!(out, r#"{{"$numberDouble":"{f}"#);
+    if f.fract() == 0.0 {
+        out.push_str(".0");
+    }
+    out.push_str("\"}");
+}
+
+fn write_date(out: &mut String, millis: i64, canonical: bool) {
+    // bson writes years 1970 to 9999 as RFC 3339 in relaxed form.
+    if canonical || !(0..=253_402_300_799_999).contains(&millis) {
+        let _ = write!(out, r#"{{"$date":{{"$numberLong":"{millis}"}}}}"#);
+        return;
+    }
+    let (year, month, day) = civil_from_days(millis.div_euclid(86_400_000));
+    let ms_of_day = millis.rem_euclid(86_400_000);
+    let (secs, ms) = (ms_of_day / 1000, ms_of_day % 1000);
+    let _ = write!(
+        out,
+        r#"{{"$date":"{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}"#,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    );
+    if ms != 0 {
+        // As the `time` crate formats it: trailing zeros dropped.
+        let frac = format!("{ms:03}");
+        let _ = write!(out, ".{}", frac.trim_end_matches('0'));
+    }
+    out.push_str("Z\"}");
+}
+
+/// Writes `s` as a JSON string.
+fn write_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[from..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        from = i + 1;
+    }
+    out.push_str(&s[from..]);
+    out.push('"');
+}

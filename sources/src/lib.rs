@@ -1,1 +1,23 @@
-//! placeholder
+//! # changeflow-sources: where change events come from
+//!
+//! A source turns a change stream into a timely stream of [`ChangeEvent`]s at their
+//! [`ClusterTime`]s, and follows one rule for its frontier: after emitting an event at `t` it
+//! holds its capability at `t` (more events at `t` may follow) and moves past `t` only when a
+//! later event (or, for live streams, a post-batch resume token) shows the stream has moved on.
+//!
+//! * [`replay`]: recorded events from a file of Extended JSON lines or BSON documents, once or
+//!   following the file as it grows; bad lines stop the source or go to a dead-letter file.
+//! * [`reader`]: the file reader under the replay source, usable without timely.
+//! * [`SourceStatus`]: progress, counters and failure, shared with the driver.
+//!
+//! [`ChangeEvent`]: changeflow_core::ChangeEvent
+//! [`ClusterTime`]: changeflow_core::ClusterTime
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod reader;
+pub mod replay;
+pub mod status;
+
+pub use error::SourceError;
+pub use status::SourceStatus;

@@ -1,0 +1,410 @@
+//! A minimal walker and writer for BSON bytes.
+//!
+//! changeflow keeps every document as BSON bytes (see [`Document`](crate::Document)) and reads the
+//! few fields a view needs in one pass over a document's elements. This module is that pass: an
+//! iterator over the elements of a BSON document ([`elements`]) and the few writing helpers that
+//! the document-state operator uses to build updated versions ([`DocWriter`]).
+//!
+//! # Invariants
+//!
+//! * [`elements`] never panics and never reads out of bounds: every length is checked, and a
+//!   malformed document yields one [`RawError`] and then stops.
+//! * Values are returned as the exact byte slice of the encoded value (without type byte and
+//!   key), so copying an element into a new document is a `memcpy`.
+//!
+//! ```
+//! use changeflow_core::raw::{elements, DocWriter, kind};
+//! let mut w = DocWriter::new();
+//! w.append(kind::INT32, "a", &7i32.to_le_bytes());
+//! w.append_str("b", "x");
+//! let bytes = w.finish();
+//! let keys: Vec<_> = elements(&bytes).map(|e| e.unwrap().key).collect();
+//! assert_eq!(keys, ["a", "b"]);
+//! ```
+
+/// BSON element type bytes.
+pub mod kind {
+    /// 64-bit binary floating point.
+    pub const DOUBLE: u8 = 0x01;
+    /// UTF-8 string.
+    pub const STRING: u8 = 0x02;
+    /// Embedded document.
+    pub const DOCUMENT: u8 = 0x03;
+    /// Array (a document with keys "0", "1", ...).
+    pub const ARRAY: u8 = 0x04;
+    /// Binary data with a subtype.
+    pub const BINARY: u8 = 0x05;
+    /// Undefined (deprecated).
+    pub const UNDEFINED: u8 = 0x06;
+    /// ObjectId (12 bytes).
+    pub const OBJECT_ID: u8 = 0x07;
+    /// Boolean.
+    pub const BOOLEAN: u8 = 0x08;
+    /// UTC datetime, milliseconds since the epoch.
+    pub const DATETIME: u8 = 0x09;
+    /// Null.
+    pub const NULL: u8 = 0x0A;
+    /// Regular expression (pattern and options cstrings).
+    pub const REGEX: u8 = 0x0B;
+    /// DBPointer (deprecated).
+    pub const DB_POINTER: u8 = 0x0C;
+    /// JavaScript code.
+    pub const JAVASCRIPT: u8 = 0x0D;
+    /// Symbol (deprecated).
+    pub const SYMBOL: u8 = 0x0E;
+    /// JavaScript code with scope.
+    pub const JAVASCRIPT_WITH_SCOPE: u8 = 0x0F;
+    /// 32-bit integer.
+    pub const INT32: u8 = 0x10;
+    /// MongoDB internal timestamp `(t, i)`.
+    pub const TIMESTAMP: u8 = 0x11;
+    /// 64-bit integer.
+    pub const INT64: u8 = 0x12;
+    /// 128-bit decimal floating point.
+    pub const DECIMAL128: u8 = 0x13;
+    /// Min key.
+    pub const MIN_KEY: u8 = 0xFF;
+    /// Max key.
+    pub const MAX_KEY: u8 = 0x7F;
+}
+
+/// Why bytes are not a well-formed BSON document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed BSON at byte {offset}: {reason}")]
+pub struct RawError {
+    /// Offset of the problem inside the walked document.
+    pub offset: usize,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+/// One element of a BSON document: its type byte, key and encoded value bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Element<'a> {
+    /// The BSON type byte (see [`kind`]).
+    pub kind: u8,
+    /// The element's key.
+    pub key: &'a str,
+    /// The encoded value, without type byte and key.
+    pub value: &'a [u8],
+}
+
+impl<'a> Element<'a> {
+    /// The value as a string, if it is one.
+    pub fn as_str(&self) -> Option<&'a str> {
+        (self.kind == kind::STRING || self.kind == kind::SYMBOL)
+            .then(|| string_value(self.value))
+            .flatten()
+    }
+    /// The value as an embedded document or array's bytes, if it is one.
+    pub fn as_document(&self) -> Option<&'a [u8]> {
+        (self.kind == kind::DOCUMENT || self.kind == kind::ARRAY).then_some(self.value)
+    }
+    /// The value as an `i64` if it is an int32 or int64.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self.kind {
+            kind::INT32 => Some(i32::from_le_bytes(self.value.try_into().ok()?) as i64),
+            kind::INT64 => Some(i64::from_le_bytes(self.value.try_into().ok()?)),
+            _ => None,
+        }
+    }
+    /// The value as an `f64` if it is a double, int32 or int64.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self.kind {
+            kind::DOUBLE => Some(f64::from_le_bytes(self.value.try_into().ok()?)),
+            _ => self.as_i64().map(|v| v as f64),
+        }
+    }
+    /// The value as a BSON `Timestamp` `(t, i)`.
+    pub fn as_timestamp(&self) -> Option<(u32, u32)> {
+        if self.kind != kind::TIMESTAMP {
+            return None;
+        }
+        let packed = u64::from_le_bytes(self.value.try_into().ok()?);
+        Some(((packed >> 32) as u32, packed as u32))
+    }
+}
+
+fn string_value(value: &[u8]) -> Option<&str> {
+    let body = value.get(4..value.len().checked_sub(1)?)?;
+    std::str::from_utf8(body).ok()
+}
+
+/// Iterates over the elements of the BSON document `doc`.
+///
+/// ```
+/// use changeflow_core::raw::elements;
+/// let doc = bson::rawdoc! { "x": 1, "y": "two" };
+/// let mut it = elements(doc.as_bytes());
+/// assert_eq!(it.next().unwrap().unwrap().as_i64(), Some(1));
+/// assert_eq!(it.next().unwrap().unwrap().as_str(), Some("two"));
+/// assert!(it.next().is_none());
+/// ```
+pub fn elements(doc: &[u8]) -> Elements<'_> {
+    match doc_len(doc) {
+        Ok(len) if len == doc.len() && doc[len - 1] == 0 => Elements { doc, pos: 4, failed: false },
+        Ok(_) => Elements::failing(doc, RawError { offset: 0, reason: "length prefix does not match the data" }),
+        Err(e) => Elements::failing(doc, e),
+    }
+}
+
+fn doc_len(doc: &[u8]) -> Result<usize, RawError> {
+    let prefix: [u8; 4] = doc
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(RawError { offset: 0, reason: "shorter than a length prefix" })?;
+    let len = i32::from_le_bytes(prefix);
+    if len < 5 {
+        return Err(RawError { offset: 0, reason: "length prefix below 5" });
+    }
+    Ok(len as usize)
+}
+
+/// The iterator returned by [`elements`].
+#[derive(Debug, Clone)]
+pub struct Elements<'a> {
+    doc: &'a [u8],
+    pos: usize,
+    failed: bool,
+}
+
+impl<'a> Elements<'a> {
+    fn failing(doc: &'a [u8], _e: RawError) -> Self {
+        // `pos == usize::MAX` marks "report the framing error once".
+        Elements { doc, pos: usize::MAX, failed: false }
+    }
+
+    fn error(&mut self, offset: usize, reason: &'static str) -> Option<Result<Element<'a>, RawError>> {
+        self.failed = true;
+        Some(Err(RawError { offset, reason }))
+    }
+}
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = Result<Element<'a>, RawError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        if self.pos == usize::MAX {
+            let reason = match doc_len(self.doc) {
+                Err(e) => e.reason,
+                Ok(_) => "length prefix does not match the data",
+            };
+            return self.error(0, reason);
+        }
+        let doc = self.doc;
+        let start = self.pos;
+        let kind = *doc.get(start)?;
+        if kind == 0 {
+            if start + 1 != doc.len() {
+                return self.error(start, "terminator before the end of the document");
+            }
+            self.failed = true;
+            return None;
+        }
+        let key_start = start + 1;
+        let Some(nul) = doc[key_start..].iter().position(|&b| b == 0) else {
+            return self.error(key_start, "key is not NUL-terminated");
+        };
+        let Ok(key) = std::str::from_utf8(&doc[key_start..key_start + nul]) else {
+            return self.error(key_start, "key is not UTF-8");
+        };
+        let value_start = key_start + nul + 1;
+        let Some(size) = value_size(kind, &doc[value_start..doc.len() - 1]) else {
+            return self.error(start, "value is truncated or of unknown type");
+        };
+        let value_end = value_start + size;
+        self.pos = value_end;
+        Some(Ok(Element { kind, key, value: &doc[value_start..value_end] }))
+    }
+}
+
+fn read_i32(bytes: &[u8]) -> Option<i32> {
+    Some(i32::from_le_bytes(bytes.get(..4)?.try_into().ok()?))
+}
+
+/// The encoded size of a value of type `kind` at the start of `rest`, if it fits in `rest`.
+fn value_size(kind: u8, rest: &[u8]) -> Option<usize> {
+    let size = match kind {
+        kind::DOUBLE | kind::DATETIME | kind::TIMESTAMP | kind::INT64 => 8,
+        kind::STRING | kind::JAVASCRIPT | kind::SYMBOL => {
+            let n = read_i32(rest)?;
+            if n < 1 || rest.get(4 + n as usize - 1) != Some(&0) {
+                return None;
+            }
+            4 + n as usize
+        }
+        kind::DOCUMENT | kind::ARRAY | kind::JAVASCRIPT_WITH_SCOPE => {
+            let n = read_i32(rest)?;
+            if n < 5 || rest.get(n as usize - 1) != Some(&0) {
+                return None;
+            }
+            n as usize
+        }
+        kind::BINARY => 4 + 1 + usize::try_from(read_i32(rest)?).ok()?,
+        kind::UNDEFINED | kind::NULL | kind::MIN_KEY | kind::MAX_KEY => 0,
+        kind::OBJECT_ID => 12,
+        kind::BOOLEAN => 1,
+        kind::REGEX => {
+            let a = rest.iter().position(|&b| b == 0)?;
+            let b = rest[a + 1..].iter().position(|&b| b == 0)?;
+            a + 1 + b + 1
+        }
+        kind::DB_POINTER => {
+            let n = read_i32(rest)?;
+            if n < 1 {
+                return None;
+            }
+            4 + n as usize + 12
+        }
+        kind::INT32 => 4,
+        kind::DECIMAL128 => 16,
+        _ => return None,
+    };
+    (size <= rest.len()).then_some(size)
+}
+
+/// Looks up a top-level field of `doc` by key (a linear scan).
+///
+/// ```
+/// use changeflow_core::raw::get;
+/// let doc = bson::rawdoc! { "a": 1, "b": 2.5 };
+/// assert_eq!(get(doc.as_bytes(), "b").unwrap().and_then(|e| e.as_f64()), Some(2.5));
+/// assert!(get(doc.as_bytes(), "c").unwrap().is_none());
+/// ```
+pub fn get<'a>(doc: &'a [u8], key: &str) -> Result<Option<Element<'a>>, RawError> {
+    for element in elements(doc) {
+        let element = element?;
+        if element.key == key {
+            return Ok(Some(element));
+        }
+    }
+    Ok(None)
+}
+
+/// Checks that `doc` is a well-formed BSON document, recursively.
+///
+/// ```
+/// use changeflow_core::raw::validate;
+/// let doc = bson::rawdoc! { "a": { "b": [1, 2] } };
+/// assert!(validate(doc.as_bytes()).is_ok());
+/// assert!(validate(&doc.as_bytes()[..6]).is_err());
+/// ```
+pub fn validate(doc: &[u8]) -> Result<(), RawError> {
+    for element in elements(doc) {
+        let element = element?;
+        match element.kind {
+            kind::DOCUMENT | kind::ARRAY => validate(element.value)?,
+            kind::STRING | kind::JAVASCRIPT | kind::SYMBOL => {
+                if element.as_str().is_none() {
+                    return Err(RawError { offset: 0, reason: "string is not UTF-8" });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Builds one BSON document by appending elements.
+///
+/// ```
+/// use changeflow_core::raw::{DocWriter, kind};
+/// let mut inner = DocWriter::new();
+/// inner.append(kind::DOUBLE, "q", &1.5f64.to_le_bytes());
+/// let inner = inner.finish();
+/// let mut w = DocWriter::new();
+/// w.append(kind::DOCUMENT, "a", &inner);
+/// let doc = bson::RawDocument::from_bytes(&w.finish()).unwrap().to_owned();
+/// assert_eq!(doc.get_document("a").unwrap().get_f64("q").unwrap(), 1.5);
+/// ```
+#[derive(Debug, Clone)]
+pub struct DocWriter {
+    buf: Vec<u8>,
+}
+
+impl Default for DocWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DocWriter {
+    /// An empty document under construction.
+    pub fn new() -> Self {
+        Self::with_capacity(64)
+    }
+    /// An empty document with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity.max(5));
+        buf.extend_from_slice(&[0, 0, 0, 0]);
+        DocWriter { buf }
+    }
+    /// Appends an element with type byte `kind`, key `key` and encoded value `value`.
+    pub fn append(&mut self, kind: u8, key: &str, value: &[u8]) {
+        self.buf.push(kind);
+        self.buf.extend_from_slice(key.as_bytes());
+        self.buf.push(0);
+        self.buf.extend_from_slice(value);
+    }
+    /// Appends a string element.
+    pub fn append_str(&mut self, key: &str, value: &str) {
+        self.buf.push(kind::STRING);
+        self.buf.extend_from_slice(key.as_bytes());
+        self.buf.push(0);
+        self.buf.extend_from_slice(&(value.len() as i32 + 1).to_le_bytes());
+        self.buf.extend_from_slice(value.as_bytes());
+        self.buf.push(0);
+    }
+    /// Finishes the document and returns its bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf.push(0);
+        let len = self.buf.len() as i32;
+        self.buf[..4].copy_from_slice(&len.to_le_bytes());
+        self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walks_every_type_like_the_bson_crate() {
+        let doc = bson::doc! {
+            "d": 1.5, "s": "str", "o": { "x": 1 }, "a": [1, "two"], "bin": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![1, 2, 3] },
+            "u": bson::Bson::Undefined, "oid": bson::oid::ObjectId::from_bytes([7; 12]), "b": true,
+            "dt": bson::DateTime::from_millis(5), "n": bson::Bson::Null,
+            "re": bson::Regex { pattern: "a+".try_into().unwrap(), options: "i".try_into().unwrap() },
+            "js": bson::Bson::JavaScriptCode("f()".into()), "sym": bson::Bson::Symbol("s".into()),
+            "i32": 3i32, "ts": bson::Timestamp { time: 1, increment: 2 }, "i64": 4i64,
+            "dec": bson::Bson::Decimal128(bson::Decimal128::from_bytes([1; 16])),
+            "min": bson::Bson::MinKey, "max": bson::Bson::MaxKey,
+        };
+        let bytes = doc.to_vec().unwrap();
+        let ours: Vec<(u8, String)> = elements(&bytes).map(|e| e.map(|e| (e.kind, e.key.to_owned()))).collect::<Result<_, _>>().unwrap();
+        let theirs: Vec<(u8, String)> = bson::RawDocument::from_bytes(&bytes)
+            .unwrap()
+            .iter_elements()
+            .map(|e| e.map(|e| (e.element_type() as u8, e.key().as_str().to_owned())).unwrap())
+            .collect();
+        assert_eq!(ours, theirs);
+        validate(&bytes).unwrap();
+        assert_eq!(get(&bytes, "ts").unwrap().unwrap().as_timestamp(), Some((1, 2)));
+    }
+
+    #[test]
+    fn truncated_documents_error_without_panicking() {
+        let bytes = bson::doc! { "a": "hello", "b": { "c": [1, 2, 3] } }.to_vec().unwrap();
+        for cut in 0..bytes.len() {
+            let mut broken = bytes[..cut].to_vec();
+            if broken.len() >= 4 {
+                let len = broken.len() as i32;
+                broken[..4].copy_from_slice(&len.to_le_bytes());
+            }
+            assert!(validate(&broken).is_err(), "cut at {cut} accepted");
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Document state: the live version of every document, as a differential collection.
+//!
+//! ```text
+//!   Stream<ChangeEvent> ──route──▶ exchange by (ns, _id); DDL to every worker
+//!                                   │
+//!                                   ▼
+//!                      [DocumentState]  per worker: ns → _id → Document
+//!                                   │   stash by time; at a closed time apply its events in
+//!                                   │   token order, then emit per touched key:
+//!                                   ▼   (key, old, -1), (key, new, +1)
+//!            Collection<((DocKey, Document), ClusterTime, isize)>
+//! ```
+//!
+//! # What each event does
+//!
+//! * `insert`, `replace`: the document becomes `fullDocument`.
+//! * `update`: `updateDescription` is applied to the previous version ([`crate::update`]), which
+//!   gives the exact version at this event even when `fullDocument` is absent or, as with
+//!   `updateLookup`, newer than the event. Without a previous version (a stream started
+//!   mid-way): the pre-image (`fullDocumentBeforeChange`) plus the delta, else `fullDocument`,
+//!   else the update is counted in [`DocumentStats::unapplied`] and the document stays unknown.
+//!   A delta that does not fit the previous version is counted in [`DocumentStats::conflicts`];
+//!   the document then takes `fullDocument` if present and is otherwise retracted: never a guess.
+//! * `delete`: the document is retracted.
+//! * `drop`: every document of the namespace is retracted; `dropDatabase` every document of the
+//!   database; `rename` moves the namespace's documents to `to`.
+//! * `invalidate`, DDL events and unknown types change no document; unknown types are counted.
+//!
+//! # Invariants
+//!
+//! * The output at every closed time equals a sequential application, in stream order, of all
+//!   events up to that time: events of one time (a transaction) are applied in resume-token
+//!   order, and only the net change per document is emitted, so a document updated three times
+//!   in one transaction appears once, retracting its version before the transaction.
+//! * Each key's versions are held by exactly one worker (chosen by a hash of namespace and
+//!   `_id`); namespace-wide events go to every worker.
+//!
+//! # Progress tracking
+//!
+//! Events are stashed by time ([`crate::stash`]); the operator holds one capability at the least
+//! stashed time and emits a time's changes once the input frontier has passed it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use changeflow_core::raw::{self, kind};
+use changeflow_core::{ChangeEvent, ClusterTime, Document, Namespace, OperationType};
+use differential_dataflow::collection::AsCollection;
+use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::Stream;
+
+use crate::stash::TimeStash;
+use crate::update::apply_update;
+
+/// The identity of a document: its namespace (`"db.coll"`) and its `_id` value.
+///
+/// ```
+/// use changeflow_operators::documents::DocKey;
+/// let key = DocKey::new("shop.orders", &bson::Bson::Int32(7));
+/// assert_eq!(key.ns(), "shop.orders");
+/// assert_eq!(key.to_string(), "shop.orders/7");
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DocKey {
+    ns: Arc<str>,
+    /// The `_id`: its BSON type byte followed by its encoded value.
+    id: Arc<[u8]>,
+}
+
+impl DocKey {
+    /// The key of the document with `_id` `id` in namespace `ns` (for tests and lookups).
+    pub fn new(ns: &str, id: &bson::Bson) -> Self {
+        let doc = bson::doc! { "_id": id.clone() };
+        let bytes = doc.to_vec().unwrap_or_default();
+        let (k, value) = raw::get(&bytes, "_id").ok().flatten().map(|e| (e.kind, e.value.to_vec())).unwrap_or((kind::NULL, Vec::new()));
+        DocKey::from_parts(ns.into(), k, &value)
+    }
+    fn from_parts(ns: Arc<str>, k: u8, value: &[u8]) -> Self {
+        let mut id = Vec::with_capacity(value.len() + 1);
+        id.push(k);
+        id.extend_from_slice(value);
+        DocKey { ns, id: id.into() }
+    }
+    /// The namespace, `"db.coll"`.
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+    /// The `_id` as a BSON type byte and its encoded value.
+    pub fn id(&self) -> (u8, &[u8]) {
+        (self.id.first().copied().unwrap_or(kind::NULL), self.id.get(1..).unwrap_or(&[]))
+    }
+    /// The `_id` as relaxed Extended JSON.
+    pub fn id_json(&self) -> String {
+        let (k, value) = self.id();
+        let mut w = raw::DocWriter::new();
+        w.append(k, "_id", value);
+        let doc = Document::from_trusted(w.finish());
+        let json = doc.to_relaxed_json();
+        json.strip_prefix("{\"_id\":").and_then(|s| s.strip_suffix('}')).unwrap_or(&json).to_string()
+    }
+    fn with_ns(&self, ns: Arc<str>) -> Self {
+        DocKey { ns, id: Arc::clone(&self.id) }
+    }
+}
+
+impl fmt::Debug for DocKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.ns, self.id_json())
+    }
+}
+
+impl fmt::Display for DocKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What the document-state operator could and could not apply, shared by all workers.
+#[derive(Debug, Default)]
+pub struct DocumentStats {
+    applied: AtomicU64,
+    unapplied: AtomicU64,
+    conflicts: AtomicU64,
+    deletes_of_unknown: AtomicU64,
+    unknown_operations: AtomicU64,
+}
+
+impl DocumentStats {
+    /// Fresh counters.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+    /// Document changes applied.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+    /// Updates with no previous version, no pre-image and no `fullDocument`.
+    pub fn unapplied(&self) -> u64 {
+        self.unapplied.load(Ordering::Relaxed)
+    }
+    /// Updates whose delta did not fit the previous version.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
+    }
+    /// Deletes of documents with no known version (normal for a stream started mid-way).
+    pub fn deletes_of_unknown(&self) -> u64 {
+        self.deletes_of_unknown.load(Ordering::Relaxed)
+    }
+    /// Events of operation types changeflow does not know.
+    pub fn unknown_operations(&self) -> u64 {
+        self.unknown_operations.load(Ordering::Relaxed)
+    }
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The document-state collection: `(DocKey, Document)` records with differential diffs.
+pub type Documents<'scope> = VecCollection<'scope, ClusterTime, (DocKey, Document), isize>;
+
+fn fnv(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+fn route(event: &ChangeEvent) -> Option<u64> {
+    let ns = event.namespace()?;
+    let (k, id) = event.document_id()?;
+    let mut h = fnv(ns.db.as_bytes(), 0xcbf2_9ce4_8422_2325);
+    h = fnv(ns.coll.as_deref().unwrap_or("").as_bytes(), h);
+    Some(fnv(id, fnv(&[k], h)))
+}
+
+/// Maintains the live version of every document from a stream of change events (see the module
+/// docs). `stats` collects what could not be applied.
+///
+/// ```
+/// use changeflow_core::ClusterTime;
+/// use changeflow_operators::documents::{document_state, DocumentStats};
+/// use timely::dataflow::operators::ToStream;
+/// use differential_dataflow::VecCollection;
+/// let lines = [
+///     r#"{"_id": {"_data": "82000000010000000104"}, "operationType": "insert", "clusterTime": {"$timestamp": {"t": 1, "i": 1}}, "ns": {"db": "s", "coll": "o"}, "documentKey": {"_id": 1}, "fullDocument": {"_id": 1, "n": 1}}"#,
+///     r#"{"_id": {"_data": "82000000020000000104"}, "operationType": "update", "clusterTime": {"$timestamp": {"t": 2, "i": 1}}, "ns": {"db": "s", "coll": "o"}, "documentKey": {"_id": 1}, "updateDescription": {"updatedFields": {"n": 2}, "removedFields": []}}"#,
+/// ];
+/// let events: Vec<_> = lines.iter().map(|l| changeflow_core::ChangeEvent::from_json(l.as_bytes()).unwrap()).collect();
+/// let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+/// let sink = seen.clone();
+/// timely::execute_directly(move |worker| {
+///     worker.dataflow::<ClusterTime, _, _>(|scope| {
+///         // `to_stream` emits at time 0: give each event its own time first.
+///         let stream = timely::dataflow::operators::generic::operator::source(scope, "events", move |cap, _| {
+///             let mut cap = Some(cap);
+///             let mut events = Some(events);
+///             move |output| {
+///                 if let (Some(cap), Some(events)) = (cap.take(), events.take()) {
+///                     for e in events { output.session(&cap.delayed(&e.cluster_time())).give(e); }
+///                 }
+///             }
+///         });
+///         document_state(stream, DocumentStats::new())
+///             .inspect(move |((key, doc), time, diff)| {
+///                 sink.lock().unwrap().push((key.to_string(), doc.get("n").unwrap().unwrap().as_i64(), *time, *diff))
+///             });
+///     });
+/// });
+/// let mut seen = seen.lock().unwrap().clone();
+/// seen.sort_by_key(|s| (s.2, s.3));
+/// assert_eq!(seen, vec![
+///     ("s.o/1".to_string(), Some(1), ClusterTime::new(1, 1), 1),
+///     ("s.o/1".to_string(), Some(1), ClusterTime::new(2, 1), -1),
+///     ("s.o/1".to_string(), Some(2), ClusterTime::new(2, 1), 1),
+/// ]);
+/// ```
+pub fn document_state<'scope>(events: Stream<'scope, ClusterTime, Vec<ChangeEvent>>, stats: Arc<DocumentStats>) -> Documents<'scope> {
+    let peers = events.scope().peers() as u64;
+    let routed = events.flat_map(move |event| {
+        let targets: Vec<(u64, ChangeEvent)> = match route(&event) {
+            Some(h) if event.operation().is_document_change() => vec![(h, event)],
+            _ if peers == 1 => vec![(0, event)],
+            _ => (0..peers).map(|w| (w, event.clone())).collect(),
+        };
+        targets
+    });
+    routed
+        .unary_frontier(Exchange::new(|(r, _): &(u64, ChangeEvent)| *r), "DocumentState", move |_, _| {
+            let mut stash: TimeStash<ChangeEvent> = TimeStash::new();
+            let mut state = State::default();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    stash.stash(&cap, 0, data.drain(..).map(|(_, e)| e));
+                });
+                if let Some((cap, closed)) = stash.take_closed(frontier) {
+                    for (time, mut events) in closed {
+                        events.sort_by(|a, b| a.cmp_token(b));
+                        let changes = state.apply_time(&events, &stats);
+                        if !changes.is_empty() {
+                            let at = cap.delayed(&time);
+                            let mut session = output.session(&at);
+                            for (key, doc, diff) in changes {
+                                session.give(((key, doc), time, diff));
+                            }
+                        }
+                    }
+                }
+            }
+        })
+        .as_collection()
+}
+
+/// One worker's document versions.
+#[derive(Default)]
+struct State {
+    docs: HashMap<Arc<str>, HashMap<DocKey, Document>>,
+    names: HashMap<(Arc<str>, Option<Arc<str>>), Arc<str>>,
+}
+
+impl State {
+    fn ns_name(&mut self, ns: &Namespace) -> Arc<str> {
+        let key = (Arc::clone(&ns.db), ns.coll.clone());
+        Arc::clone(self.names.entry(key).or_insert_with(|| ns.to_string().into()))
+    }
+
+    /// Applies one closed time's events (in token order) and returns the net changes.
+    fn apply_time(&mut self, events: &[ChangeEvent], stats: &DocumentStats) -> Vec<(DocKey, Document, isize)> {
+        let mut before: HashMap<DocKey, Option<Document>> = HashMap::new();
+        for event in events {
+            self.apply(event, stats, &mut before);
+        }
+        let mut changes = Vec::new();
+        for (key, old) in before {
+            let new = self.docs.get(&key.ns).and_then(|m| m.get(&key)).cloned();
+            if old == new {
+                continue;
+            }
+            if let Some(old) = old {
+                changes.push((key.clone(), old, -1));
+            }
+            if let Some(new) = new {
+                changes.push((key, new, 1));
+            }
+        }
+        changes
+    }
+
+    fn set(&mut self, key: DocKey, doc: Option<Document>, before: &mut HashMap<DocKey, Option<Document>>) {
+        let docs = self.docs.entry(Arc::clone(&key.ns)).or_default();
+        let old = match doc {
+            Some(doc) => docs.insert(key.clone(), doc),
+            None => docs.remove(&key),
+        };
+        before.entry(key).or_insert(old);
+    }
+
+    fn apply(&mut self, event: &ChangeEvent, stats: &DocumentStats, before: &mut HashMap<DocKey, Option<Document>>) {
+        let op = event.operation();
+        let Some(ns) = event.namespace() else {
+            if op.is_unknown() {
+                DocumentStats::bump(&stats.unknown_operations);
+            }
+            return;
+        };
+        let ns_name = self.ns_name(ns);
+        let key = || event.document_id().map(|(k, v)| DocKey::from_parts(Arc::clone(&ns_name), k, v));
+        match op {
+            OperationType::Insert | OperationType::Replace => {
+                if let (Some(key), Some(Ok(doc))) = (key(), event.full_document()) {
+                    self.set(key, Some(doc), before);
+                    DocumentStats::bump(&stats.applied);
+                } else {
+                    DocumentStats::bump(&stats.unapplied);
+                }
+            }
+            OperationType::Update => {
+                let Some(key) = key() else { return DocumentStats::bump(&stats.unapplied) };
+                let previous = self.docs.get(&ns_name).and_then(|m| m.get(&key)).cloned();
+                let delta = event.update_description_bytes();
+                let post_image = || event.full_document().and_then(Result::ok);
+                let next = match (previous, delta) {
+                    (Some(prev), Some(delta)) => match apply_update(prev.as_bytes(), delta) {
+                        Ok(bytes) => Some(Document::from_trusted(bytes)),
+                        Err(_) => {
+                            DocumentStats::bump(&stats.conflicts);
+                            post_image()
+                        }
+                    },
+                    (_, delta) => {
+                        let from_pre_image = delta.and_then(|delta| {
+                            let pre = event.full_document_before_change_bytes()?;
+                            apply_update(pre, delta).ok().map(Document::from_trusted)
+                        });
+                        match from_pre_image.or_else(post_image) {
+                            Some(doc) => Some(doc),
+                            None => {
+                                DocumentStats::bump(&stats.unapplied);
+                                None
+                            }
+                        }
+                    }
+                };
+                if next.is_some() {
+                    DocumentStats::bump(&stats.applied);
+                }
+                self.set(key, next, before);
+            }
+            OperationType::Delete => {
+                let Some(key) = key() else { return };
+                let known = self.docs.get(&ns_name).is_some_and(|m| m.contains_key(&key));
+                if !known {
+                    DocumentStats::bump(&stats.deletes_of_unknown);
+                }
+                self.set(key, None, before);
+                DocumentStats::bump(&stats.applied);
+            }
+            OperationType::Drop => self.retract_namespaces(|ns| *ns == *ns_name, before),
+            OperationType::DropDatabase => {
+                let prefix = format!("{}.", ns.db);
+                self.retract_namespaces(|ns| ns.starts_with(&prefix), before)
+            }
+            OperationType::Rename => {
+                let Some(to) = event.to() else { return DocumentStats::bump(&stats.unapplied) };
+                let target = self.ns_name(&to);
+                let moved = self.docs.remove(&ns_name).unwrap_or_default();
+                for (key, doc) in moved {
+                    before.entry(key.clone()).or_insert(Some(doc.clone()));
+                    self.set(key.with_ns(Arc::clone(&target)), Some(doc), before);
+                }
+            }
+            other if other.is_unknown() => DocumentStats::bump(&stats.unknown_operations),
+            _ => {}
+        }
+    }
+
+    fn retract_namespaces(&mut self, matches: impl Fn(&str) -> bool, before: &mut HashMap<DocKey, Option<Document>>) {
+        let doomed: Vec<Arc<str>> = self.docs.keys().filter(|ns| matches(ns)).cloned().collect();
+        for ns in doomed {
+            for (key, doc) in self.docs.remove(&ns).unwrap_or_default() {
+                before.entry(key).or_insert(Some(doc));
+            }
+        }
+    }
+}
+
+/// A stable hash of a key, for spreading keyed data over workers.
+pub(crate) fn hash_of<T: Hash>(value: &T) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}

@@ -1,0 +1,181 @@
+//! Reading a view from outside the dataflow, and receiving its changes per closed time.
+//!
+//! ```text
+//!   View ──exchange to worker 0──▶ [ClosedTimes] stash by time ──▶ at each closed time t:
+//!                                                                 callback(t, changes of t)
+//!                                                                   ├─▶ ViewHandle (snapshot)
+//!                                                                   └─▶ sinks (changelogs)
+//! ```
+//!
+//! [`on_closed_times`] calls back once per closed time with that time's consolidated changes,
+//! retractions first, sorted by row. [`ViewHandle`] uses it to keep the view's contents in a
+//! shared map that any thread can read: every read sees the view exactly as of a closed time,
+//! never half of one.
+//!
+//! # Progress tracking
+//!
+//! The operator stashes by time (one capability at the least stashed time) and runs the
+//! callback when the input frontier passes a time; it emits nothing downstream.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex};
+
+use changeflow_core::ClusterTime;
+use differential_dataflow::VecCollection;
+use differential_dataflow::consolidation::consolidate;
+use serde::{Serialize, de::DeserializeOwned};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+
+use crate::stash::TimeStash;
+
+/// Calls `callback(time, changes)` for every closed time with changes, in time order, on worker
+/// 0; `changes` are consolidated, retractions before insertions, each group sorted by row.
+/// `on_frontier(frontier)` is told each time the closed frontier moves (`None`: complete).
+pub fn on_closed_times<'scope, D, F, G>(view: VecCollection<'scope, ClusterTime, D, isize>, mut callback: F, mut on_frontier: G)
+where
+    D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static,
+    F: FnMut(ClusterTime, &[(D, isize)]) + 'static,
+    G: FnMut(Option<ClusterTime>) + 'static,
+{
+    view.inner
+        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(Exchange::new(|_: &(D, ClusterTime, isize)| 0), "ClosedTimes", move |_, _| {
+            let mut stash: TimeStash<(D, isize)> = TimeStash::new();
+            let mut reported: Option<Option<ClusterTime>> = None;
+            move |(input, frontier), _output| {
+                input.for_each(|cap, data| stash.stash(&cap, 0, data.drain(..).map(|(d, _, r)| (d, r))));
+                if let Some((_cap, closed)) = stash.take_closed(frontier) {
+                    for (time, mut changes) in closed {
+                        consolidate(&mut changes);
+                        changes.sort_by(|a, b| (a.1 > 0).cmp(&(b.1 > 0)).then_with(|| a.0.cmp(&b.0)));
+                        if !changes.is_empty() {
+                            callback(time, &changes);
+                        }
+                    }
+                }
+                let now = frontier.frontier().iter().next().copied();
+                if reported != Some(now) {
+                    reported = Some(now);
+                    on_frontier(now);
+                }
+            }
+        });
+}
+
+/// The contents of a view as of a closed time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot<D> {
+    /// The last closed time with changes applied (`None` before any).
+    pub time: Option<ClusterTime>,
+    /// Whether the view is final (its input ended).
+    pub complete: bool,
+    /// The rows, sorted, with their multiplicities.
+    pub rows: Vec<(D, isize)>,
+}
+
+struct Shared<D> {
+    rows: BTreeMap<D, isize>,
+    time: Option<ClusterTime>,
+    frontier: Option<ClusterTime>,
+    complete: bool,
+}
+
+/// A view's contents, readable from any thread at closed times.
+///
+/// ```
+/// use changeflow_core::ClusterTime;
+/// use changeflow_operators::handle::ViewHandle;
+/// use differential_dataflow::input::Input;
+/// let handle: ViewHandle<String> = ViewHandle::new();
+/// let reader = handle.clone();
+/// timely::execute_directly(move |worker| {
+///     let mut input = worker.dataflow::<ClusterTime, _, _>(|scope| {
+///         let (input, words) = scope.new_collection::<String, isize>();
+///         handle.attach(words);
+///         input
+///     });
+///     input.advance_to(ClusterTime::new(1, 0));
+///     input.insert("hello".to_string());
+///     input.advance_to(ClusterTime::new(2, 0));
+/// });
+/// let snapshot = reader.snapshot();
+/// assert!(snapshot.complete);
+/// assert_eq!(snapshot.rows, vec![("hello".to_string(), 1)]);
+/// assert_eq!(snapshot.time, Some(ClusterTime::new(1, 0)));
+/// ```
+pub struct ViewHandle<D> {
+    shared: Arc<(Mutex<Shared<D>>, Condvar)>,
+}
+
+impl<D> Clone for ViewHandle<D> {
+    fn clone(&self) -> Self {
+        ViewHandle { shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl<D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static> Default for ViewHandle<D> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static> ViewHandle<D> {
+    /// An empty handle; [`ViewHandle::attach`] it to a view (on every worker).
+    pub fn new() -> Self {
+        ViewHandle { shared: Arc::new((Mutex::new(Shared { rows: BTreeMap::new(), time: None, frontier: Some(ClusterTime::MIN), complete: false }), Condvar::new())) }
+    }
+
+    /// Feeds this handle from `view` (call on every worker; worker 0 keeps the contents).
+    pub fn attach<'scope>(&self, view: VecCollection<'scope, ClusterTime, D, isize>) {
+        let apply = self.clone();
+        let frontier = self.clone();
+        on_closed_times(
+            view,
+            move |time, changes| {
+                let (lock, cvar) = &*apply.shared;
+                if let Ok(mut shared) = lock.lock() {
+                    for (row, diff) in changes {
+                        let n = shared.rows.entry(row.clone()).or_insert(0);
+                        *n += diff;
+                        if *n == 0 {
+                            shared.rows.remove(row);
+                        }
+                    }
+                    shared.time = Some(time);
+                }
+                cvar.notify_all();
+            },
+            move |now| {
+                let (lock, cvar) = &*frontier.shared;
+                if let Ok(mut shared) = lock.lock() {
+                    shared.frontier = now;
+                    shared.complete = now.is_none();
+                }
+                cvar.notify_all();
+            },
+        );
+    }
+
+    /// The view as of the last closed time.
+    pub fn snapshot(&self) -> Snapshot<D> {
+        let (lock, _) = &*self.shared;
+        match lock.lock() {
+            Ok(shared) => Snapshot { time: shared.time, complete: shared.complete, rows: shared.rows.iter().map(|(d, r)| (d.clone(), *r)).collect() },
+            Err(_) => Snapshot { time: None, complete: false, rows: Vec::new() },
+        }
+    }
+
+    /// The closed frontier: every time before it is reflected (`None`: the view is final).
+    pub fn frontier(&self) -> Option<ClusterTime> {
+        let (lock, _) = &*self.shared;
+        lock.lock().ok().and_then(|s| s.frontier)
+    }
+
+    /// Blocks until every time before `time` is closed (or the view is final), or `timeout`.
+    pub fn wait_past(&self, time: ClusterTime, timeout: std::time::Duration) -> bool {
+        let (lock, cvar) = &*self.shared;
+        let Ok(guard) = lock.lock() else { return false };
+        let result = cvar.wait_timeout_while(guard, timeout, |s| s.frontier.is_some_and(|f| f <= time));
+        result.map(|(_, t)| !t.timed_out()).unwrap_or(false)
+    }
+}

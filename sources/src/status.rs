@@ -1,0 +1,87 @@
+//! [`SourceStatus`]: what a running source shares with the code that drives the dataflow.
+//!
+//! A source runs inside a timely worker; the program around it needs to know how far it got
+//! (its frontier and the resume token at that frontier, for checkpoints), what it counted, and
+//! whether it failed. One `SourceStatus` is shared (an `Arc`) by every worker's copy of the
+//! source and by the driver.
+//!
+//! ```
+//! use changeflow_sources::SourceStatus;
+//! let status = SourceStatus::new();
+//! assert!(!status.is_finished() && status.error().is_none());
+//! assert_eq!(status.events(), 0);
+//! ```
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use changeflow_core::{ClusterTime, ResumeToken};
+
+use crate::SourceError;
+
+/// Progress, counters and failure of one source, shared across threads.
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    events: AtomicU64,
+    dead_lettered: AtomicU64,
+    finished: AtomicBool,
+    error: Mutex<Option<String>>,
+    failure: Mutex<Option<SourceError>>,
+    position: Mutex<Option<(ClusterTime, Option<ResumeToken>)>>,
+}
+
+impl SourceStatus {
+    /// A fresh status: nothing read, not finished, no error.
+    pub fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self::default())
+    }
+    /// Events emitted so far.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+    /// Bad lines written to the dead-letter file so far.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Ordering::Relaxed)
+    }
+    /// Whether the source reached the end of its input and released its capability.
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+    /// The error that stopped the source, as text (the typed error is taken with
+    /// [`SourceStatus::take_error`]).
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|e| e.clone())
+    }
+    /// Takes the typed error that stopped the source, if any.
+    pub fn take_error(&self) -> Option<SourceError> {
+        self.failure.lock().ok().and_then(|mut e| e.take())
+    }
+    /// The last emitted event's time and resume token: everything before this time is emitted,
+    /// and more events may still follow at it.
+    pub fn position(&self) -> Option<(ClusterTime, Option<ResumeToken>)> {
+        self.position.lock().ok().and_then(|p| p.clone())
+    }
+
+    pub(crate) fn add_events(&self, n: u64) {
+        self.events.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn set_dead_lettered(&self, n: u64) {
+        self.dead_lettered.store(n, Ordering::Relaxed);
+    }
+    pub(crate) fn set_position(&self, time: ClusterTime, token: Option<ResumeToken>) {
+        if let Ok(mut p) = self.position.lock() {
+            *p = Some((time, token));
+        }
+    }
+    pub(crate) fn finish(&self) {
+        self.finished.store(true, Ordering::Release);
+    }
+    pub(crate) fn fail(&self, error: SourceError) {
+        if let (Ok(mut text), Ok(mut typed)) = (self.error.lock(), self.failure.lock()) {
+            if text.is_none() {
+                *text = Some(error.to_string());
+                *typed = Some(error);
+            }
+        }
+    }
+}

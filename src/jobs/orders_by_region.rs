@@ -1,0 +1,285 @@
+//! The orders job: two group-by views over `shop.orders`, from a file of change events.
+//!
+//! ```text
+//!   replay(file) ──▶ document_state ──┬──▶ V1: per region: orders = count, amount = sum(amount)
+//!                                     └──▶ V2: per customer_id: orders = count
+//!   V1, V2 ──▶ ViewHandle ──▶ table on stdout, v1.parquet, v2.parquet (and an optional changelog)
+//! ```
+//!
+//! Update events may lack `fullDocument`: document state applies their `updateDescription`, so
+//! the views are exact either way.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use changeflow_core::ClusterTime;
+use changeflow_operators::documents::{DocumentStats, document_state};
+use changeflow_operators::handle::{ViewHandle, on_closed_times};
+use changeflow_operators::value::{Value, ValueType};
+use changeflow_operators::views::{GroupBy, Row};
+use changeflow_sinks::arrow::{rows_to_batch, schema_of};
+use changeflow_sinks::changelog::ChangelogWriter;
+use changeflow_sinks::parquet::write_parquet;
+use changeflow_sinks::{SinkError, table};
+use changeflow_sources::SourceError;
+use changeflow_sources::reader::{BadInputPolicy, ReaderOptions};
+use changeflow_sources::replay::{ReplayOptions, replay};
+
+use crate::runtime;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct OrdersOptions {
+    /// The change-event file (JSON lines, or BSON if it ends in `.bson`).
+    pub input: PathBuf,
+    /// Where `v1.parquet` and `v2.parquet` go (created if missing).
+    pub out: PathBuf,
+    /// Timely worker threads.
+    pub workers: usize,
+    /// Write bad lines here and carry on, instead of stopping at the first.
+    pub dead_letter: Option<PathBuf>,
+    /// Keep reading as the file grows.
+    pub follow: bool,
+    /// With `follow`: stop after this long without new events.
+    pub idle_timeout: Option<Duration>,
+    /// Also write V1's changes as JSON lines to this file.
+    pub changelog: Option<PathBuf>,
+}
+
+impl OrdersOptions {
+    /// Reads `input` once with one worker, writing into `out`.
+    pub fn new(input: impl AsRef<Path>, out: impl AsRef<Path>) -> Self {
+        OrdersOptions { input: input.as_ref().into(), out: out.as_ref().into(), workers: 1, dead_letter: None, follow: false, idle_timeout: None, changelog: None }
+    }
+}
+
+/// What the job did.
+#[derive(Clone, Debug)]
+pub struct OrdersReport {
+    /// Change events read.
+    pub events: u64,
+    /// Bad lines sent to the dead-letter file.
+    pub dead_lettered: u64,
+    /// Updates that could not be applied (no previous version and no full document).
+    pub unapplied: u64,
+    /// Wall-clock time of the dataflow.
+    pub elapsed: Duration,
+    /// V1 rows: `[region, orders, amount]`, sorted by region.
+    pub v1: Vec<Row>,
+    /// V2 rows: `[customer_id, orders]`, sorted by customer.
+    pub v2: Vec<Row>,
+    /// The last closed time.
+    pub last_time: Option<ClusterTime>,
+    /// Where the Parquet files went.
+    pub files: Vec<PathBuf>,
+}
+
+impl OrdersReport {
+    /// Events per second over the dataflow's run time.
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Why the job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The source stopped on bad input or an unreadable file.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Writing output failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The dataflow itself failed (a worker panicked, bad worker configuration).
+    #[error("dataflow failed: {0}")]
+    Dataflow(String),
+}
+
+/// V1: per region, the number of live orders and the sum of their amounts.
+pub fn v1_definition() -> GroupBy {
+    GroupBy::new("shop.orders").key("region", "region", ValueType::String).count("orders").sum("amount", "amount", ValueType::Double)
+}
+
+/// V2: per customer, the number of live orders.
+pub fn v2_definition() -> GroupBy {
+    GroupBy::new("shop.orders").key("customer_id", "customer_id", ValueType::Int64).count("orders")
+}
+
+/// Runs the job to the end of its input and writes its files.
+pub fn run(options: &OrdersOptions) -> Result<OrdersReport, JobError> {
+    let mut reader = ReaderOptions::new(&options.input);
+    reader.follow = options.follow;
+    if let Some(path) = &options.dead_letter {
+        reader.bad_input = BadInputPolicy::DeadLetter(path.clone());
+    }
+    let mut replay_options = ReplayOptions::new(reader);
+    replay_options.idle_timeout = options.idle_timeout;
+    let status = replay_options.status();
+    let doc_stats = DocumentStats::new();
+    let (v1, v2) = (v1_definition(), v2_definition());
+    let (v1_handle, v2_handle) = (ViewHandle::<Row>::new(), ViewHandle::<Row>::new());
+    let changelog = match &options.changelog {
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|e| SinkError::Write { path: path.clone(), reason: e.to_string() })?;
+            Some(Arc::new(Mutex::new(ChangelogWriter::new(std::io::BufWriter::new(file), v1.columns().into_iter().map(|(n, _)| n).collect()))))
+        }
+        None => None,
+    };
+
+    let started = Instant::now();
+    let worker_job = {
+        let (status, doc_stats, v1_handle, v2_handle, changelog) = (status.clone(), doc_stats.clone(), v1_handle.clone(), v2_handle.clone(), changelog.clone());
+        move |worker: &mut timely::worker::Worker| {
+            let probe = worker.dataflow::<ClusterTime, _, _>(|scope| {
+                let events = replay(scope, replay_options.clone());
+                let documents = document_state(events, doc_stats.clone());
+                let view1 = v1.build(documents.clone());
+                let view2 = v2.build(documents);
+                if let Some(changelog) = changelog.clone() {
+                    on_closed_times(
+                        view1.clone(),
+                        move |time, changes| {
+                            if let Ok(mut writer) = changelog.lock() {
+                                let _ = writer.write_changes(time, changes);
+                            }
+                        },
+                        |_| {},
+                    );
+                }
+                v1_handle.attach(view1.clone());
+                v2_handle.attach(view2.clone());
+                let (probe, _) = view1.probe();
+                view2.probe_with(&probe);
+                probe
+            });
+            runtime::drive(worker, &probe, std::slice::from_ref(&status))
+        }
+    };
+    let results = runtime::execute(options.workers, worker_job).map_err(JobError::Dataflow)?;
+    let elapsed = started.elapsed();
+    if let Some(error) = runtime::take_source_error(std::slice::from_ref(&status)) {
+        return Err(error.into());
+    }
+    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+        return Err(JobError::Dataflow(e));
+    }
+    if let Some(changelog) = changelog {
+        if let Ok(mut writer) = changelog.lock() {
+            writer.flush().map_err(|e| SinkError::Write { path: options.changelog.clone().unwrap_or_default(), reason: e.to_string() })?;
+        }
+    }
+
+    let (s1, s2) = (v1_handle.snapshot(), v2_handle.snapshot());
+    let rows = |rows: Vec<(Row, isize)>| rows.into_iter().flat_map(|(row, n)| std::iter::repeat_n(row, n.max(0) as usize)).collect::<Vec<_>>();
+    let (v1_rows, v2_rows) = (rows(s1.rows), rows(s2.rows));
+    std::fs::create_dir_all(&options.out).map_err(|e| SinkError::Write { path: options.out.clone(), reason: e.to_string() })?;
+    let mut files = Vec::new();
+    for (name, definition, rows) in [("v1.parquet", v1_definition(), &v1_rows), ("v2.parquet", v2_definition(), &v2_rows)] {
+        let path = options.out.join(name);
+        let batch = rows_to_batch(&schema_of(&definition.columns()), rows).map_err(SinkError::from)?;
+        write_parquet(&path, &batch, None)?;
+        files.push(path);
+    }
+    Ok(OrdersReport {
+        events: status.events(),
+        dead_lettered: status.dead_lettered(),
+        unapplied: doc_stats.unapplied(),
+        elapsed,
+        v1: v1_rows,
+        v2: v2_rows,
+        last_time: s1.time.max(s2.time),
+        files,
+    })
+}
+
+/// V1 as a text table.
+pub fn v1_table(report: &OrdersReport) -> String {
+    table::format_table(&["region", "orders", "amount"], &report.v1)
+}
+
+/// Sums V1's order counts (a quick consistency figure for the summary line).
+pub fn live_orders(report: &OrdersReport) -> i64 {
+    report.v1.iter().filter_map(|r| match r.get(1) {
+        Some(Value::Int(n)) => Some(*n),
+        _ => None,
+    }).sum()
+}
+
+/// The bundled sample: `data/orders.jsonl` in the source tree.
+pub fn bundled_sample() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join("orders.jsonl")
+}
+
+/// Command-line arguments of the job (shared by the example and the `changeflow` binary).
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// Change-event file: Extended JSON lines, or BSON if it ends in `.bson` [default: the bundled sample]
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Output directory for v1.parquet and v2.parquet [default: target/changeflow/orders_by_region]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Worker threads
+    #[arg(short = 'w', long, default_value_t = 1)]
+    pub workers: usize,
+    /// Write malformed lines to this file and carry on (default: stop at the first)
+    #[arg(long)]
+    pub dead_letter: Option<PathBuf>,
+    /// Keep reading as the input file grows
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: stop after this many seconds without new events
+    #[arg(long)]
+    pub idle_timeout: Option<f64>,
+    /// Also write V1's changes as JSON lines (with _time and _diff) to this file
+    #[arg(long)]
+    pub changelog: Option<PathBuf>,
+}
+
+/// Runs the job from command-line arguments, printing V1 and a summary; the exit code is 1 on
+/// failure, with the error on stderr.
+pub fn main_with(args: Args) -> std::process::ExitCode {
+    let input = args.input.unwrap_or_else(bundled_sample);
+    let out = args.out.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("changeflow").join("orders_by_region"));
+    let mut options = OrdersOptions::new(&input, &out);
+    options.workers = args.workers;
+    options.dead_letter = args.dead_letter;
+    options.follow = args.follow;
+    options.idle_timeout = args.idle_timeout.map(Duration::from_secs_f64);
+    options.changelog = args.changelog;
+    match run(&options) {
+        Ok(report) => {
+            println!("V1: live orders per region ({})", input.display());
+            print!("{}", v1_table(&report));
+            println!();
+            println!(
+                "{} events in {:.2} s ({:.0} events/s, {} worker{}); {} live orders; V2: {} customers",
+                report.events,
+                report.elapsed.as_secs_f64(),
+                report.events_per_second(),
+                options.workers,
+                if options.workers == 1 { "" } else { "s" },
+                live_orders(&report),
+                report.v2.len(),
+            );
+            if report.dead_lettered > 0 {
+                println!("{} bad lines written to the dead-letter file", report.dead_lettered);
+            }
+            if report.unapplied > 0 {
+                println!("{} updates could not be applied (no previous version and no full document)", report.unapplied);
+            }
+            if let Some(peak) = runtime::peak_rss_bytes() {
+                println!("peak memory: {:.1} MiB", peak as f64 / (1024.0 * 1024.0));
+            }
+            for file in &report.files {
+                println!("wrote {}", file.display());
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Running a dataflow to completion: worker configuration, driving the worker until its probe is
+//! done or a source fails, and resource figures for reports.
+//!
+//! These wrap timely's API so that version churn touches one place.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use changeflow_core::ClusterTime;
+use changeflow_sources::{SourceError, SourceStatus};
+use timely::dataflow::ProbeHandle;
+use timely::worker::Worker;
+
+/// Runs `build_and_drive` on `workers` threads of this process and waits for all of them.
+///
+/// ```
+/// let sums = changeflow::runtime::execute(2, |worker| worker.index()).unwrap();
+/// assert_eq!(sums.len(), 2);
+/// ```
+pub fn execute<T, F>(workers: usize, build_and_drive: F) -> Result<Vec<T>, String>
+where
+    T: Send + 'static,
+    F: Fn(&mut Worker) -> T + Send + Sync + 'static,
+{
+    let config = timely::Config::process(workers.max(1));
+    let guards = timely::execute(config, build_and_drive)?;
+    guards.join().into_iter().collect()
+}
+
+/// Steps `worker` until `probe` has passed every time, or a source in `sources` failed.
+///
+/// Returns the first source failure; the dataflow is then abandoned without releasing the
+/// failed source's times, so nothing downstream sees a partial time.
+pub fn drive(worker: &mut Worker, probe: &ProbeHandle<ClusterTime>, sources: &[Arc<SourceStatus>]) -> Result<(), String> {
+    loop {
+        if let Some(error) = sources.iter().find_map(|s| s.error()) {
+            return Err(error);
+        }
+        if probe.done() {
+            return Ok(());
+        }
+        worker.step_or_park(Some(Duration::from_millis(20)));
+    }
+}
+
+/// Takes the typed error of the first failed source.
+pub fn take_source_error(sources: &[Arc<SourceStatus>]) -> Option<SourceError> {
+    sources.iter().find_map(|s| s.take_error())
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
+///
+/// ```
+/// let peak = changeflow::runtime::peak_rss_bytes();
+/// assert!(peak.is_none_or(|b| b > 0));
+/// ```
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
