@@ -1722,3 +1722,823 @@ fn write_json_str(out: &mut String, s: &str) {
     out.push_str(&s[from..]);
     out.push('"');
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The bson crate's route: parse to a `serde_json::Value`, convert, encode.
+    fn reference(json: &[u8]) -> Result<Vec<u8>, String> {
+        let value: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| format!("syntax: {e}"))?;
+        let serde_json::Value::Object(map) = value else {
+            return Err("not a document".to_owned());
+        };
+        let doc = bson::Document::try_from(map).map_err(|e| format!("convert: {e}"))?;
+        doc.to_vec().map_err(|e| format!("encode: {e}"))
+    }
+
+    fn ours(json: &[u8]) -> Result<Vec<u8>, ExtJsonError> {
+        let mut out = Vec::new();
+        transcode(json, &mut out).map(|()| out)
+    }
+
+    /// Both routes fail the same way, or give these bytes (after `normalize`).
+    fn compare(json: &str, normalize: fn(&[u8]) -> Vec<u8>) -> Result<Option<Vec<u8>>, String> {
+        let theirs = reference(json.as_bytes());
+        let mine = ours(json.as_bytes());
+        match (&theirs, &mine) {
+            (Ok(a), Ok(b)) => {
+                let (a, b) = (normalize(a), normalize(b));
+                if a == b {
+                    Ok(Some(b))
+                } else {
+                    Err(format!("{json}\n bson: {a:?}\n ours: {b:?}"))
+                }
+            }
+            (Err(a), Err(b)) => {
+                let same_kind = match b {
+                    ExtJsonError::Syntax(_) => a.starts_with("syntax"),
+                    ExtJsonError::NotADocument => a.starts_with("not a document"),
+                    _ => a.starts_with("convert") || a.starts_with("encode"),
+                };
+                if same_kind {
+                    Ok(None)
+                } else {
+                    Err(format!("{json}\n bson: {a}\n ours: {b}"))
+                }
+            }
+            _ => Err(format!("{json}\n bson: {theirs:?}\n ours: {mine:?}")),
+        }
+    }
+
+    fn same_bytes(json: &str) -> Result<Option<Vec<u8>>, String> {
+        compare(json, <[u8]>::to_vec)
+    }
+
+    /// The document with every level's keys sorted, for comparing against bson when
+    /// `serde_json::Map` is a `BTreeMap` (no `preserve_order`).
+    fn sorted_bytes(bytes: &[u8]) -> Vec<u8> {
+        fn sort(value: bson::Bson) -> bson::Bson {
+            match value {
+                bson::Bson::Document(d) => bson::Bson::Document(sort_doc(d)),
+                bson::Bson::Array(a) => bson::Bson::Array(a.into_iter().map(sort).collect()),
+                bson::Bson::JavaScriptCodeWithScope(c) => {
+                    bson::Bson::JavaScriptCodeWithScope(bson::JavaScriptCodeWithScope {
+                        code: c.code,
+                        scope: sort_doc(c.scope),
+                    })
+                }
+                other => other,
+            }
+        }
+        fn sort_doc(doc: bson::Document) -> bson::Document {
+            let mut entries: Vec<(String, bson::Bson)> = doc.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            entries.into_iter().map(|(k, v)| (k, sort(v))).collect()
+        }
+        let raw = bson::RawDocumentBuf::from_bytes(bytes.to_vec()).expect("valid BSON");
+        let doc = bson::Document::try_from(raw).expect("valid BSON");
+        sort_doc(doc).to_vec().expect("encodable")
+    }
+
+    fn same_sorted(json: &str) -> Result<Option<Vec<u8>>, String> {
+        compare(json, sorted_bytes)
+    }
+
+    #[track_caller]
+    fn check(json: &str) -> Option<Vec<u8>> {
+        same_bytes(json).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn bad_wrapper_name(json: &str) -> String {
+        match ours(json.as_bytes()) {
+            Err(ExtJsonError::BadWrapper { wrapper, .. }) => wrapper,
+            other => panic!("{json}: expected BadWrapper, got {other:?}"),
+        }
+    }
+
+    // --- generators -------------------------------------------------------------------------
+
+    /// A generated JSON value: text, or a container rendered with sorted unique keys (`exact`)
+    /// or as generated (repeats and any order).
+    #[derive(Debug, Clone)]
+    enum Gen {
+        Raw(String),
+        Object(Vec<(String, Gen)>),
+        Array(Vec<Gen>),
+        Code {
+            code: String,
+            scope: Box<Gen>,
+            scope_first: bool,
+        },
+    }
+
+    impl Gen {
+        fn render(&self, exact: bool, out: &mut String) {
+            match self {
+                Gen::Raw(s) => out.push_str(s),
+                Gen::Object(entries) => {
+                    let mut entries: Vec<&(String, Gen)> = entries.iter().collect();
+                    if exact {
+                        entries.sort_by(|a, b| a.0.cmp(&b.0));
+                        entries.dedup_by(|a, b| a.0 == b.0);
+                    }
+                    out.push('{');
+                    for (i, (k, v)) in entries.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push_str(", ");
+                        }
+                        out.push_str(&json_str(k));
+                        out.push(':');
+                        v.render(exact, out);
+                    }
+                    out.push('}');
+                }
+                Gen::Array(items) => {
+                    out.push('[');
+                    for (i, v) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        v.render(exact, out);
+                    }
+                    out.push(']');
+                }
+                Gen::Code {
+                    code,
+                    scope,
+                    scope_first,
+                } => {
+                    let mut s = String::new();
+                    scope.render(exact, &mut s);
+                    if *scope_first {
+                        let _ = write!(out, r#"{{"$scope": {s}, "$code": {code}}}"#);
+                    } else {
+                        let _ = write!(out, r#"{{"$code": {code}, "$scope": {s}}}"#);
+                    }
+                }
+            }
+        }
+
+        fn to_json(&self, exact: bool) -> String {
+            let mut s = String::new();
+            self.render(exact, &mut s);
+            s
+        }
+    }
+
+    fn json_str(s: &str) -> String {
+        serde_json::to_string(s).expect("string")
+    }
+
+    fn raw(s: impl Into<String>) -> Gen {
+        Gen::Raw(s.into())
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => "[a-e]{1,2}",
+            1 => prop::sample::select(vec![
+                "_id", "$set", "$ref", "$id", "$db", "$scope", "$type", "$options", "$regex",
+                "a.b", "é", "日本", "\u{1F600}", "a\"b", "t\tb", "",
+            ])
+            .prop_map(str::to_owned),
+            1 => prop::sample::select(vec!["$oid", "$date", "$code", "$numberLong"])
+                .prop_map(str::to_owned),
+        ]
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => "[a-z ]{0,8}".prop_map(|s| json_str(&s)),
+            1 => any::<String>().prop_map(|s| json_str(&s)),
+            1 => prop::sample::select(vec![
+                r#""\u0041\n\"\\\/""#, r#""\ud83d\ude00""#, r#""a\u0000b""#, r#""""#,
+            ])
+            .prop_map(str::to_owned),
+        ]
+    }
+
+    fn hex_string(bytes: &[u8], upper: bool) -> String {
+        bytes
+            .iter()
+            .map(|b| if upper { format!("{b:02X}") } else { format!("{b:02x}") })
+            .collect()
+    }
+
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i32>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            prop::sample::select(vec![
+                "0", "-0", "1.0", "-0.0", "1e5", "1E+2", "2.5e-3", "2147483647", "2147483648",
+                "-2147483648", "-2147483649", "9223372036854775807", "9223372036854775808",
+                "-9223372036854775808", "-9223372036854775809", "18446744073709551615",
+                "18446744073709551616", "123456789012345678901234567890", "1e308", "5e-324",
+                "0.1", "0.30000000000000004",
+            ])
+            .prop_map(str::to_owned),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| serde_json::to_string(&f).expect("finite")),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| format!("{f:e}")),
+        ]
+    }
+
+    fn rfc3339() -> impl Strategy<Value = String> {
+        let offset = prop_oneof![
+            3 => Just("Z".to_owned()),
+            1 => Just("z".to_owned()),
+            3 => (prop::bool::ANY, 0u32..25, 0u32..61).prop_map(|(neg, h, m)| {
+                format!("{}{h:02}:{m:02}", if neg { '-' } else { '+' })
+            }),
+            1 => prop::sample::select(vec!["", "+0100", "+1:00", "Zz", "+01:00:00", " Z"])
+                .prop_map(str::to_owned),
+        ];
+        let year = prop_oneof![0u32..10_000, 1960u32..2100, Just(0u32), Just(9999u32)];
+        let frac = prop_oneof![
+            2 => Just(String::new()),
+            2 => "\\.[0-9]{1,12}",
+            1 => Just(".".to_owned()),
+        ];
+        (
+            year,
+            0u32..14,
+            0u32..33,
+            prop::sample::select(vec!["T", "T", "t", " ", "x", "é"]),
+            (0u32..25, 0u32..61, 0u32..62),
+            frac,
+            offset,
+        )
+            .prop_map(|(y, mo, d, sep, (h, mi, s), frac, off)| {
+                format!("{y:04}-{mo:02}-{d:02}{sep}{h:02}:{mi:02}:{s:02}{frac}{off}")
+            })
+    }
+
+    fn leap_second() -> impl Strategy<Value = String> {
+        (1969u32..2030, 1u32..13, 27u32..32, 0u32..24, 0u32..60, prop::bool::ANY).prop_map(
+            |(y, mo, d, oh, om, neg)| {
+                // A local time that may be 23:59:60 UTC.
+                let (h, m) = if neg {
+                    ((23 + 24 - oh) % 24, (59 + 60 - om) % 60)
+                } else {
+                    ((23 + oh) % 24, (59 + om) % 60)
+                };
+                let sign = if neg { '-' } else { '+' };
+                format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:60.5{sign}{oh:02}:{om:02}")
+            },
+        )
+    }
+
+    fn wrapper(lossless: bool) -> BoxedStrategy<Gen> {
+        let oid = prop_oneof![
+            4 => (any::<[u8; 12]>(), prop::bool::ANY).prop_map(|(b, up)| hex_string(&b, up)),
+            1 => prop::sample::select(vec!["xyz", "", "65a1b2c3d4e5f60718293a4", "65a1b2c3d4e5f60718293a4g"])
+                .prop_map(str::to_owned),
+        ];
+        let oid2 = oid.clone();
+        let oid3 = oid.clone();
+        let decimal = prop_oneof![
+            3 => (prop::bool::ANY, "[0-9]{1,36}", -6200i32..6200).prop_map(|(neg, digits, e)| {
+                format!("{}{digits}E{e}", if neg { "-" } else { "" })
+            }),
+            3 => (any::<i64>(), 0u32..6).prop_map(|(n, scale)| {
+                let s = n.unsigned_abs().to_string();
+                let sign = if n < 0 { "-" } else { "" };
+                if scale as usize >= s.len() { format!("{sign}0.{s}") } else {
+                    let (a, b) = s.split_at(s.len() - scale as usize);
+                    if b.is_empty() { format!("{sign}{a}") } else { format!("{sign}{a}.{b}") }
+                }
+            }),
+            1 => prop::sample::select(if lossless {
+                vec!["0", "-0", "1E+10", "Infinity", "-Infinity", "inf", "NaN", "1.2.3", "", "1e", "+5", "0.000"]
+            } else {
+                vec!["0", "-0", "1E+10", "Infinity", "-Infinity", "NaN", "-NaN", "sNaN", "-sNaN", "1.2.3", "", "1e"]
+            })
+            .prop_map(str::to_owned),
+        ];
+        let double = prop_oneof![
+            any::<f64>().prop_map(|f| f.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:e}")),
+            prop::sample::select(vec![
+                "Infinity", "-Infinity", "NaN", "-NaN", "nan", "inf", "-0.0", "0", "1e400",
+                "1.5", "+1.5", ".5", "5.", "x", "",
+            ])
+            .prop_map(str::to_owned),
+        ];
+        let int_text = prop_oneof![
+            any::<i32>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            prop::sample::select(vec!["+5", "-0", "007", "1.5", "", "-", "2147483648", "9223372036854775808", " 1"])
+                .prop_map(str::to_owned),
+        ];
+        let int_text2 = int_text.clone();
+        let subtype = prop_oneof![
+            4 => prop::sample::select(vec!["00", "01", "02", "03", "04", "05", "06", "80", "ff", "FF", "7f"]),
+            1 => prop::sample::select(vec!["0", "000", "zz", ""]),
+        ];
+        let b64 = prop_oneof![
+            5 => prop::collection::vec(any::<u8>(), 0..24)
+                .prop_map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+            1 => prop::sample::select(vec!["A", "AB=", "====", "AAAA\n"]).prop_map(str::to_owned),
+        ];
+        let b64_2 = b64.clone();
+        let uuid = (any::<[u8; 16]>(), 0..6usize).prop_map(|(b, form)| {
+            let h = hex_string(&b, false);
+            let hy = format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]);
+            match form {
+                0 | 1 => hy,
+                2 => h,
+                3 => format!("{{{hy}}}"),
+                4 => format!("urn:uuid:{hy}"),
+                _ => hy.to_uppercase().replacen('-', "", 1),
+            }
+        });
+        let date = prop_oneof![
+            4 => rfc3339().prop_map(|s| format!(r#"{{"$date": {}}}"#, json_str(&s))),
+            1 => leap_second().prop_map(|s| format!(r#"{{"$date": {}}}"#, json_str(&s))),
+            2 => any::<i64>().prop_map(|n| format!(r#"{{"$date": {{"$numberLong": "{n}"}}}}"#)),
+            2 => any::<i64>().prop_map(|n| format!(r#"{{"$date": {n}}}"#)),
+            1 => prop::sample::select(vec![
+                r#"{"$date": {"$numberLong": 5}}"#,
+                r#"{"$date": {"$numberLong": "5", "x": 1}}"#,
+                r#"{"$date": {}}"#,
+                r#"{"$date": ["5"]}"#,
+                r#"{"$date": 1.5}"#,
+                r#"{"$date": 9223372036854775808}"#,
+                r#"{"$date": -9223372036854775808}"#,
+                r#"{"$date": null}"#,
+                r#"{"$date": "2024-01-01T00:00:00Z", "$date": 7}"#,
+            ])
+            .prop_map(str::to_owned),
+        ];
+        let ts = prop_oneof![
+            4 => (any::<u32>(), any::<u32>()).prop_map(|(t, i)| format!(r#"{{"$timestamp": {{"t": {t}, "i": {i}}}}}"#)),
+            1 => (any::<u32>(), any::<u32>()).prop_map(|(t, i)| format!(r#"{{"$timestamp": {{"i": {i}, "t": {t}}}}}"#)),
+            1 => prop::sample::select(vec![
+                r#"{"$timestamp": [7, 1]}"#,
+                r#"{"$timestamp": {"t": 4294967296, "i": 1}}"#,
+                r#"{"$timestamp": {"t": -1, "i": 1}}"#,
+                r#"{"$timestamp": {"t": 1.0, "i": 1}}"#,
+                r#"{"$timestamp": {"t": 1}}"#,
+                r#"{"$timestamp": {"t": 1, "i": 2, "x": 3}}"#,
+                r#"{"$timestamp": {"t": 1, "i": 2, "t": 3}}"#,
+            ])
+            .prop_map(str::to_owned),
+        ];
+        let regex = prop_oneof![
+            4 => ("[a-z.*+]{0,6}", "[imxslu]{0,4}").prop_map(|(p, o)| {
+                format!(r#"{{"$regularExpression": {{"pattern": {}, "options": {}}}}}"#, json_str(&p), json_str(&o))
+            }),
+            1 => ("[a-z]{0,3}", "[ximé]{0,4}").prop_map(|(p, o)| {
+                format!(r#"{{"$regularExpression": {{"options": {}, "pattern": {}}}}}"#, json_str(&o), json_str(&p))
+            }),
+            1 => prop::sample::select(vec![
+                r#"{"$regularExpression": {"pattern": "a\u0000", "options": ""}}"#,
+                r#"{"$regularExpression": ["a", "i"]}"#,
+                r#"{"$regularExpression": {"pattern": "a"}}"#,
+                r#"{"$regularExpression": "a"}"#,
+            ])
+            .prop_map(str::to_owned),
+        ];
+        prop_oneof![
+            oid.prop_map(|h| raw(format!(r#"{{"$oid": "{h}"}}"#))),
+            text().prop_map(|s| raw(format!(r#"{{"$symbol": {s}}}"#))),
+            regex.prop_map(raw),
+            ("[a-z]{0,4}", "[gim]{0,3}").prop_map(|(p, o)| Gen::Object(vec![
+                ("$regex".into(), raw(json_str(&p))),
+                ("$options".into(), raw(json_str(&o))),
+            ])),
+            int_text.prop_map(|s| raw(format!(r#"{{"$numberInt": {}}}"#, json_str(&s)))),
+            int_text2.prop_map(|s| raw(format!(r#"{{"$numberLong": {}}}"#, json_str(&s)))),
+            double.prop_map(|s| raw(format!(r#"{{"$numberDouble": {}}}"#, json_str(&s)))),
+            decimal.prop_map(|s| raw(format!(r#"{{"$numberDecimal": {}}}"#, json_str(&s)))),
+            (b64, subtype).prop_map(|(b, t)| raw(format!(
+                r#"{{"$binary": {{"base64": {}, "subType": "{t}"}}}}"#, json_str(&b)
+            ))),
+            b64_2.prop_map(|b| raw(format!(r#"{{"$binary": {}, "$type": "00"}}"#, json_str(&b)))),
+            uuid.prop_map(|u| raw(format!(r#"{{"$uuid": "{u}"}}"#))),
+            text().prop_map(|s| raw(format!(r#"{{"$code": {s}}}"#))),
+            ts.prop_map(raw),
+            date.prop_map(raw),
+            (text(), oid2).prop_map(|(ns, h)| raw(format!(
+                r#"{{"$dbPointer": {{"$ref": {ns}, "$id": {{"$oid": "{h}"}}}}}}"#
+            ))),
+            oid3.prop_map(|h| Gen::Object(vec![
+                ("$ref".into(), raw(r#""coll""#)),
+                ("$id".into(), raw(format!(r#"{{"$oid": "{h}"}}"#))),
+            ])),
+            prop::sample::select(vec![
+                r#"{"$minKey": 1}"#, r#"{"$maxKey": 1}"#, r#"{"$undefined": true}"#,
+                r#"{"$minKey": 2}"#, r#"{"$maxKey": "1"}"#, r#"{"$undefined": false}"#,
+                r#"{"$minKey": 1.0}"#,
+                r#"{"$oid": 5, "$oid": "65a1b2c3d4e5f60718293a4b"}"#,
+                r#"{"$oid": "65a1b2c3d4e5f60718293a4b", "x": 1}"#,
+                r#"{"x": 1, "$oid": "65a1b2c3d4e5f60718293a4b"}"#,
+                r#"{"$oid": "65a1b2c3d4e5f60718293a4b", "$date": 1}"#,
+                r#"{"$binary": ["AAAA", "80"]}"#,
+                r#"{"$dbPointer": ["db.c", ["65a1b2c3d4e5f60718293a4b"]]}"#,
+                r#"{"$code": "x", "$scope": null}"#,
+                r#"{"$code": "x", "$scope": 5}"#,
+                r#"{"$code": "x", "$scope": 5, "$scope": {"a": 1}}"#,
+                r#"{"$scope": null, "$code": "x"}"#,
+                r#"{"$scope": {"a": 1}}"#,
+                r#"{"$scope": {"a": 1}, "b": {"$oid": "xyz"}}"#,
+                r#"{"$scope": {"$oid": "xyz"}, "$code": "f()"}"#,
+                r#"{"$scope": {"a": 1}, "$code": "x", "b": 1}"#,
+                r#"{"$scope": 1, "$scope": 2}"#,
+                r#"{"$code": 5}"#,
+                r#"{"$set": {"a.b": 1}}"#,
+            ])
+            .prop_map(raw),
+        ]
+        .boxed()
+    }
+
+    fn value(lossless: bool) -> impl Strategy<Value = Gen> {
+        let leaf = prop_oneof![
+            3 => number().prop_map(raw),
+            3 => text().prop_map(raw),
+            1 => prop::sample::select(vec!["true", "false", "null"]).prop_map(raw),
+            6 => wrapper(lossless),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                3 => prop::collection::vec((key(), inner.clone()), 0..6).prop_map(Gen::Object),
+                2 => prop::collection::vec(inner.clone(), 0..5).prop_map(Gen::Array),
+                1 => (
+                    text(),
+                    prop::collection::vec((key(), inner), 0..4),
+                    prop::bool::ANY,
+                )
+                    .prop_map(|(code, scope, scope_first)| Gen::Code {
+                        code,
+                        scope: Box::new(Gen::Object(scope)),
+                        scope_first,
+                    }),
+            ]
+        })
+    }
+
+    fn document(lossless: bool) -> impl Strategy<Value = Gen> {
+        prop::collection::vec((key(), value(lossless)), 0..8).prop_map(Gen::Object)
+    }
+
+    // --- properties -------------------------------------------------------------------------
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        /// With sorted, unique keys (so that bson's `BTreeMap`-backed route keeps the order),
+        /// the bytes are identical, and errors happen for the same inputs.
+        #[test]
+        fn matches_bson_byte_for_byte(doc in document(false)) {
+            let json = doc.to_json(true);
+            if let Err(e) = same_bytes(&json) {
+                prop_assert!(false, "{}", e);
+            }
+        }
+
+        /// With keys in any order and repeated, the same documents up to key order.
+        #[test]
+        fn matches_bson_up_to_key_order(doc in document(false)) {
+            let json = doc.to_json(false);
+            if let Err(e) = same_sorted(&json) {
+                prop_assert!(false, "{}", e);
+            }
+        }
+
+        /// Keys keep their input order (first occurrence), values their last occurrence.
+        #[test]
+        fn keeps_key_order(keys in prop::collection::vec("[a-d]{1,2}", 0..60)) {
+            let json = format!(
+                "{{{}}}",
+                keys.iter().enumerate().map(|(i, k)| format!("{}: {i}", json_str(k)))
+                    .collect::<Vec<_>>().join(", ")
+            );
+            let bytes = ours(json.as_bytes()).expect("transcodes");
+            let doc = bson::RawDocument::from_bytes(&bytes).expect("valid");
+            let mut expected: Vec<(String, i32)> = Vec::new();
+            for (i, k) in keys.iter().enumerate() {
+                let i = i32::try_from(i).expect("small");
+                match expected.iter_mut().find(|e| &e.0 == k) {
+                    Some(e) => e.1 = i,
+                    None => expected.push((k.clone(), i)),
+                }
+            }
+            let got: Vec<(String, i32)> = doc
+                .iter()
+                .map(|e| {
+                    let (k, v) = e.expect("valid");
+                    (k.as_str().to_owned(), v.as_i32().expect("int32"))
+                })
+                .collect();
+            prop_assert_eq!(got, expected);
+        }
+
+        /// The RFC 3339 reader agrees with bson's (the `time` crate).
+        #[test]
+        fn rfc3339_matches_bson(s in prop_oneof![rfc3339(), leap_second()]) {
+            let theirs = bson::DateTime::parse_rfc3339_str(&s).ok().map(|d| d.timestamp_millis());
+            prop_assert_eq!(parse_rfc3339(&s), theirs, "{}", s);
+        }
+
+        /// `write_document` output reads back to the same bytes, relaxed and canonical.
+        #[test]
+        fn write_document_round_trips(doc in document(true), canonical in prop::bool::ANY) {
+            let json = doc.to_json(false);
+            if let Ok(bytes) = ours(json.as_bytes()) {
+                let raw = bson::RawDocument::from_bytes(&bytes).expect("valid");
+                let mut text = String::new();
+                write_document(raw, canonical, &mut text).expect("writes");
+                let again = ours(text.as_bytes());
+                prop_assert_eq!(again.as_ref(), Ok(&bytes), "{} -> {}", json, text);
+            }
+        }
+
+        /// Any double survives `write_document` both ways.
+        #[test]
+        fn doubles_round_trip(f in any::<f64>(), canonical in prop::bool::ANY) {
+            let doc = bson::doc! { "x": f };
+            let bytes = doc.to_vec().expect("encodes");
+            let mut text = String::new();
+            write_document(bson::RawDocument::from_bytes(&bytes).expect("valid"), canonical, &mut text)
+                .expect("writes");
+            if f.is_nan() {
+                let back = ours(text.as_bytes()).expect("reads");
+                let back = bson::RawDocument::from_bytes(&back).expect("valid");
+                prop_assert!(back.get_f64("x").expect("double").is_nan());
+            } else {
+                prop_assert_eq!(ours(text.as_bytes()), Ok(bytes), "{}", text);
+            }
+        }
+    }
+
+    // --- fixed cases ------------------------------------------------------------------------
+
+    #[test]
+    fn plain_json() {
+        for json in [
+            r#"{}"#,
+            r#"{"a": 1, "b": -1, "c": 2147483648, "d": -2147483649, "e": 1.0, "f": -0}"#,
+            r#"{"a": 9223372036854775807, "b": 9223372036854775808, "c": -9223372036854775808}"#,
+            r#"{"a": 18446744073709551616, "b": 1e3, "c": 1E-3, "d": 0.1}"#,
+            r#"{"s": "x\u0000y", "t": true, "f": false, "n": null, "é": "日本"}"#,
+            r#"{"a": [1, [2, []], {}], "b": {"c": {"d": [null]}}}"#,
+            r#"{"a": [0,1,2,3,4,5,6,7,8,9,10,11,12]}"#,
+            r#"  {"a" : 1 }  "#,
+        ] {
+            check(json).expect("transcodes");
+        }
+    }
+
+    #[test]
+    fn number_mapping() {
+        let doc = |json: &str| {
+            let bytes = check(json).expect("transcodes");
+            bson::Document::from_reader(bytes.as_slice()).expect("valid")
+        };
+        let d = doc(r#"{"i": 1, "l": 4294967296, "d": 1.0, "z": -0, "u": 9223372036854775808}"#);
+        assert_eq!(d.get("i"), Some(&bson::Bson::Int32(1)));
+        assert_eq!(d.get("l"), Some(&bson::Bson::Int64(4_294_967_296)));
+        assert_eq!(d.get("d"), Some(&bson::Bson::Double(1.0)));
+        let z = d.get_f64("z").expect("double");
+        assert!(z == 0.0 && z.is_sign_negative());
+        assert_eq!(d.get("u"), Some(&bson::Bson::Double(9_223_372_036_854_775_808.0)));
+    }
+
+    #[test]
+    fn every_wrapper() {
+        for json in [
+            r#"{"a": {"$oid": "65a1b2c3d4e5f60718293a4b"}, "b": {"$oid": "65A1B2C3D4E5F60718293A4B"}}"#,
+            r#"{"a": {"$symbol": "s"}}"#,
+            r#"{"a": {"$numberInt": "-7"}, "b": {"$numberInt": "+7"}, "c": {"$numberLong": "7"}}"#,
+            r#"{"a": {"$numberDouble": "1.5"}, "b": {"$numberDouble": "-0.0"}, "c": {"$numberDouble": "1e400"}}"#,
+            r#"{"a": {"$numberDouble": "Infinity"}, "b": {"$numberDouble": "-Infinity"}, "c": {"$numberDouble": "NaN"}}"#,
+            r#"{"a": {"$numberDecimal": "1.23"}, "b": {"$numberDecimal": "-1E+6144"}, "c": {"$numberDecimal": "NaN"}}"#,
+            r#"{"a": {"$binary": {"base64": "AQID", "subType": "00"}}, "b": {"$binary": {"subType": "80", "base64": ""}}}"#,
+            r#"{"a": {"$binary": {"base64": "AQID", "subType": "02"}}}"#,
+            r#"{"a": {"$uuid": "3b241101-e2bb-4255-8caf-4136c566a962"}}"#,
+            r#"{"a": {"$uuid": "{3b241101-e2bb-4255-8caf-4136c566a962}"}, "b": {"$uuid": "3b241101e2bb42558caf4136c566a962"}}"#,
+            r#"{"a": {"$code": "f()"}, "b": {"$code": "g()", "$scope": {"x": 1, "y": {"$oid": "65a1b2c3d4e5f60718293a4b"}}}}"#,
+            r#"{"a": {"$scope": {"x": 1}, "$code": "g()"}, "b": {"$code": "f()", "$scope": {"$oid": "not-a-wrapper-here"}}}"#,
+            r#"{"a": {"$timestamp": {"t": 4294967295, "i": 1}}, "b": {"$timestamp": {"i": 2, "t": 1}}}"#,
+            r#"{"a": {"$regularExpression": {"pattern": "^a.*", "options": "xmi"}}}"#,
+            r#"{"a": {"$regex": "^a", "$options": "i"}}"#,
+            r#"{"a": {"$dbPointer": {"$ref": "db.c", "$id": {"$oid": "65a1b2c3d4e5f60718293a4b"}}}}"#,
+            r#"{"a": {"$date": "2024-01-01T00:00:00Z"}, "b": {"$date": "2024-02-29T23:59:59.999+05:30"}}"#,
+            r#"{"a": {"$date": "1969-12-31T23:59:59.9995Z"}, "b": {"$date": "2016-12-31T23:59:60Z"}}"#,
+            r#"{"a": {"$date": {"$numberLong": "-62135596800000"}}, "b": {"$date": 1700000000000}, "c": {"$date": -1}}"#,
+            r#"{"a": {"$minKey": 1}, "b": {"$maxKey": 1}, "c": {"$undefined": true}}"#,
+            r#"{"a": {"$ref": "c", "$id": {"$oid": "65a1b2c3d4e5f60718293a4b"}}, "b": {"$set": {"x": 1}}}"#,
+            r#"{"$oid": "top-level keys are never wrappers", "$date": 5}"#,
+            r#"{"a": {"$timestamp": [1, 2]}, "b": {"$binary": ["AQID", "05"]}}"#,
+        ] {
+            check(json).unwrap_or_else(|| panic!("{json} should transcode"));
+        }
+    }
+
+    #[test]
+    fn change_events_match_bson() {
+        let insert = r#"{"_id": {"_data": "8265A1B2C3000000012B022C0100296E5A1004"},
+            "operationType": "insert",
+            "clusterTime": {"$timestamp": {"t": 1705091779, "i": 1}},
+            "wallTime": {"$date": "2024-01-12T20:36:19.123Z"},
+            "fullDocument": {"_id": {"$oid": "65a1b2c3d4e5f60718293a4b"}, "customer": "Ada",
+                "total": {"$numberDecimal": "1234.50"}, "placedAt": {"$date": {"$numberLong": "1705091779123"}},
+                "items": [{"sku": "A-1", "qty": 2, "price": 9.99, "tags": ["x", "y"]},
+                          {"sku": "B-2", "qty": 1, "price": {"$numberDouble": "100.0"}, "dims": [[1, 2], [3, 4]]}],
+                "note": null, "gift": false, "n": {"$numberLong": "42"}},
+            "ns": {"db": "shop", "coll": "orders"},
+            "documentKey": {"_id": {"$oid": "65a1b2c3d4e5f60718293a4b"}}}"#;
+        let update = r#"{"_id": {"_data": "8265A1B2C4000000012B"}, "operationType": "update",
+            "clusterTime": {"$timestamp": {"t": 1705091780, "i": 3}},
+            "ns": {"db": "shop", "coll": "orders"},
+            "documentKey": {"_id": {"$oid": "65a1b2c3d4e5f60718293a4b"}},
+            "updateDescription": {"updatedFields": {"items.0.qty": 3, "status": "paid",
+                "paidAt": {"$date": "2024-01-12T20:36:20Z"}, "total": {"$numberDecimal": "1244.49"}},
+                "removedFields": ["note"], "truncatedArrays": [{"field": "items", "newSize": 1}],
+                "disambiguatedPaths": {}},
+            "txnNumber": {"$numberLong": "12"}, "lsid": {"id": {"$binary": {"base64": "O0ERAeK7QlWMr0E2xWapYg==", "subType": "04"}},
+                "uid": {"$binary": {"base64": "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=", "subType": "00"}}}}"#;
+        for event in [insert, update] {
+            let bytes = same_sorted(event)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .expect("transcodes");
+            // Field order is the input's.
+            let doc = bson::RawDocument::from_bytes(&bytes).expect("valid");
+            let keys: Vec<&str> = doc.iter().map(|e| e.expect("valid").0.as_str()).collect();
+            assert_eq!(keys[..2], ["_id", "operationType"]);
+        }
+        let doc = bson::Document::from_reader(ours(insert.as_bytes()).expect("ok").as_slice())
+            .expect("valid");
+        let full = doc.get_document("fullDocument").expect("doc");
+        assert_eq!(full.get_str("customer").ok(), Some("Ada"));
+        assert_eq!(
+            full.get_decimal128("total").map(|d| d.to_string()).ok(),
+            Some("1234.50".to_owned())
+        );
+        assert_eq!(
+            doc.get_timestamp("clusterTime").ok(),
+            Some(bson::Timestamp { time: 1_705_091_779, increment: 1 })
+        );
+        assert_eq!(
+            doc.get_datetime("wallTime").map(|d| d.timestamp_millis()).ok(),
+            Some(1_705_091_779_123)
+        );
+    }
+
+    #[test]
+    fn repeated_keys() {
+        // First position, last value (a `serde_json::Map`'s rule).
+        let bytes = ours(br#"{"b": 1, "a": {"x": 1}, "b": "two", "c": 3, "a": 4}"#).expect("ok");
+        let expected = bson::doc! { "b": "two", "a": 4, "c": 3 }.to_vec().expect("encodes");
+        assert_eq!(bytes, expected);
+        same_sorted(r#"{"b": 1, "a": {"x": 1}, "b": "two", "c": 3, "a": 4}"#).expect("same");
+        // Enough keys to switch to the hash index.
+        let mut json = String::from("{");
+        for i in 0..100 {
+            let _ = write!(json, r#""k{}": {i},"#, i % 40);
+        }
+        json.push_str(r#""end": 0}"#);
+        let bytes = same_sorted(&json).expect("same").expect("ok");
+        let doc = bson::RawDocument::from_bytes(&bytes).expect("valid");
+        assert_eq!(doc.iter().count(), 41);
+        assert_eq!(doc.get_i32("k0").ok(), Some(80));
+        assert_eq!(doc.iter().next().expect("first").expect("valid").0.as_str(), "k0");
+    }
+
+    #[test]
+    fn appends_and_leaves_output_alone_on_error() {
+        let mut out = vec![1, 2, 3];
+        transcode(br#"{"a": 1}"#, &mut out).expect("ok");
+        assert_eq!(out[..3], [1, 2, 3]);
+        assert_eq!(out[3..], bson::doc! { "a": 1 }.to_vec().expect("encodes")[..]);
+        let before = out.clone();
+        assert!(transcode(br#"{"a": {"b": [1, {"$oid": "x"}]}}"#, &mut out).is_err());
+        assert_eq!(out, before);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(ours(b"{\"a\": 1"), Err(ExtJsonError::Syntax(m)) if m.contains("line 1")));
+        assert!(matches!(ours(b"{\"a\": 1} x"), Err(ExtJsonError::Syntax(_))));
+        assert!(matches!(ours(b""), Err(ExtJsonError::Syntax(_))));
+        // A syntax error after a bad wrapper is still a syntax error.
+        assert!(matches!(ours(br#"{"a": {"$oid": "x"}, "b": }"#), Err(ExtJsonError::Syntax(_))));
+        for json in ["[1]", "1", "\"x\"", "null", " true"] {
+            assert_eq!(ours(json.as_bytes()), Err(ExtJsonError::NotADocument), "{json}");
+        }
+        assert_eq!(
+            ours(br#"{"a\u0000b": 1}"#),
+            Err(ExtJsonError::NulInKey("a\0b".to_owned()))
+        );
+        assert!(matches!(ours(br#"{"a": {"x\u0000": 1}}"#), Err(ExtJsonError::NulInKey(_))));
+        for (json, wrapper) in [
+            (r#"{"a": {"$oid": "xyz"}}"#, "$oid"),
+            (r#"{"a": {"$numberLong": "1.5"}}"#, "$numberLong"),
+            (r#"{"a": {"$numberInt": "2147483648"}}"#, "$numberInt"),
+            (r#"{"a": {"$numberDouble": "one"}}"#, "$numberDouble"),
+            (r#"{"a": {"$numberDecimal": "1.2.3"}}"#, "$numberDecimal"),
+            (r#"{"a": {"$binary": {"base64": "A", "subType": "00"}}}"#, "$binary"),
+            (r#"{"a": {"$binary": {"base64": "", "subType": "0"}}}"#, "$binary"),
+            (r#"{"a": {"$binary": "AQID", "$type": "00"}}"#, "$binary"),
+            (r#"{"a": {"$uuid": "3b241101-e2bb-4255-8caf"}}"#, "$uuid"),
+            (r#"{"a": {"$code": 1}}"#, "$code"),
+            (r#"{"a": {"$code": "f", "$scope": []}}"#, "$code"),
+            (r#"{"a": {"$timestamp": {"t": 1}}}"#, "$timestamp"),
+            (r#"{"a": {"$regularExpression": {"pattern": "a\u0000", "options": ""}}}"#, "$regularExpression"),
+            (r#"{"a": {"$dbPointer": {"$ref": "c", "$id": "65a1b2c3d4e5f60718293a4b"}}}"#, "$dbPointer"),
+            (r#"{"a": {"$date": "2023-02-29T00:00:00Z"}}"#, "$date"),
+            (r#"{"a": {"$date": "2016-12-30T23:59:60Z"}}"#, "$date"),
+            (r#"{"a": {"$date": 1.5}}"#, "$date"),
+            (r#"{"a": {"$minKey": 0}}"#, "$minKey"),
+            (r#"{"a": {"$maxKey": 2}}"#, "$maxKey"),
+            (r#"{"a": {"$undefined": false}}"#, "$undefined"),
+            (r#"{"a": {"$symbol": 1}}"#, "$symbol"),
+            (r#"{"a": {"$oid": "65a1b2c3d4e5f60718293a4b", "x": 1}}"#, "$oid"),
+            (r#"{"a": {"x": 1, "$date": 5}}"#, "$date"),
+            (r#"{"a": {"$scope": {}, "$date": 5}}"#, "$date"),
+        ] {
+            assert_eq!(bad_wrapper_name(json), wrapper, "{json}");
+            let message = ours(json.as_bytes()).expect_err("fails").to_string();
+            assert!(message.contains(wrapper), "{message}");
+            assert!(reference(json.as_bytes()).is_err(), "bson accepts {json}");
+        }
+        // Over 16 MiB.
+        let big = format!(r#"{{"a": "{}"}}"#, "x".repeat(MAX_DOCUMENT_SIZE));
+        assert_eq!(ours(big.as_bytes()), Err(ExtJsonError::TooLarge));
+        let many = format!(r#"{{"a": [{}1]}}"#, "1,".repeat(MAX_DOCUMENT_SIZE / 8));
+        assert_eq!(ours(many.as_bytes()), Err(ExtJsonError::TooLarge));
+    }
+
+    #[test]
+    fn write_document_forms() {
+        let json = r#"{"i": 1, "l": {"$numberLong": "5"}, "L": 5000000000, "d": 2.0, "z": -0.0,
+            "n": {"$numberDouble": "NaN"}, "s": "a\"b\u0001", "t": {"$timestamp": {"t": 1, "i": 2}},
+            "dt": {"$date": "2024-01-01T00:00:00.120Z"}, "old": {"$date": -1},
+            "b": {"$binary": {"base64": "AQID", "subType": "02"}}, "o": {"$oid": "65a1b2c3d4e5f60718293a4b"},
+            "r": {"$regularExpression": {"pattern": "a", "options": "mi"}},
+            "p": {"$dbPointer": {"$ref": "db.c", "$id": {"$oid": "65a1b2c3d4e5f60718293a4b"}}},
+            "c": {"$code": "f()", "$scope": {"x": [1, {"$minKey": 1}]}}, "u": {"$undefined": true},
+            "dec": {"$numberDecimal": "1.50"}, "sym": {"$symbol": "s"}, "arr": [[], {}, {"$maxKey": 1}]}"#;
+        let bytes = ours(json.as_bytes()).expect("ok");
+        let doc = bson::RawDocument::from_bytes(&bytes).expect("valid");
+        let mut relaxed = String::new();
+        write_document(doc, false, &mut relaxed).expect("writes");
+        assert_eq!(
+            relaxed,
+            concat!(
+                r#"{"i":1,"l":{"$numberLong":"5"},"L":5000000000,"d":2.0,"z":-0.0,"#,
+                r#""n":{"$numberDouble":"NaN"},"s":"a\"b\u0001","t":{"$timestamp":{"t":1,"i":2}},"#,
+                r#""dt":{"$date":"2024-01-01T00:00:00.12Z"},"old":{"$date":{"$numberLong":"-1"}},"#,
+                r#""b":{"$binary":{"base64":"AQID","subType":"02"}},"o":{"$oid":"65a1b2c3d4e5f60718293a4b"},"#,
+                r#""r":{"$regularExpression":{"pattern":"a","options":"im"}},"#,
+                r#""p":{"$dbPointer":{"$ref":"db.c","$id":{"$oid":"65a1b2c3d4e5f60718293a4b"}}},"#,
+                r#""c":{"$code":"f()","$scope":{"x":[1,{"$minKey":1}]}},"u":{"$undefined":true},"#,
+                r#""dec":{"$numberDecimal":"1.50"},"sym":{"$symbol":"s"},"arr":[[],{},{"$maxKey":1}]}"#,
+            )
+        );
+        let mut canonical = String::new();
+        write_document(doc, true, &mut canonical).expect("writes");
+        assert!(canonical.starts_with(
+            r#"{"i":{"$numberInt":"1"},"l":{"$numberLong":"5"},"L":{"$numberLong":"5000000000"},"d":{"$numberDouble":"2.0"},"z":{"$numberDouble":"-0.0"}"#
+        ));
+        assert!(canonical.contains(r#""dt":{"$date":{"$numberLong":"1704067200120"}}"#));
+        for text in [&relaxed, &canonical] {
+            assert_eq!(ours(text.as_bytes()).as_ref(), Ok(&bytes), "{text}");
+        }
+        // The same text as bson's own writer where the forms agree (keys sorted, no int64
+        // below 2^31).
+        let sorted = r#"{"a": {"$date": "2024-05-06T07:08:09.001Z"}, "b": [1.5, 1e300, {"$binary": {"base64": "AA==", "subType": "04"}}], "c": {"$timestamp": {"t": 1, "i": 2}}}"#;
+        let bytes = ours(sorted.as_bytes()).expect("ok");
+        let theirs = bson::Document::from_reader(bytes.as_slice()).expect("valid");
+        for canonical in [false, true] {
+            let mut mine = String::new();
+            write_document(bson::RawDocument::from_bytes(&bytes).expect("valid"), canonical, &mut mine)
+                .expect("writes");
+            let value = if canonical {
+                bson::Bson::Document(theirs.clone()).into_canonical_extjson()
+            } else {
+                bson::Bson::Document(theirs.clone()).into_relaxed_extjson()
+            };
+            assert_eq!(mine, value.to_string());
+        }
+    }
+
+    #[test]
+    fn write_document_rejects_malformed_bson() {
+        // A string element whose bytes are not UTF-8.
+        let bytes = [14, 0, 0, 0, 0x02, b'a', 0, 2, 0, 0, 0, 0xff, 0, 0];
+        let doc = bson::RawDocument::from_bytes(&bytes).expect("header is fine");
+        let mut out = String::from("keep");
+        let err = write_document(doc, false, &mut out).expect_err("not UTF-8");
+        assert!(matches!(err, ExtJsonError::Syntax(m) if m.starts_with("malformed BSON")));
+        assert_eq!(out, "keep");
+    }
+}

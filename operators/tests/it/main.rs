@@ -1,0 +1,4 @@
+//! Operator tests against the sequential reference model of `changeflow-testkit`.
+
+mod documents_oracle;
+mod views_oracle;
