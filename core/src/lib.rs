@@ -32,9 +32,11 @@ pub mod event;
 pub mod extjson;
 pub mod raw;
 pub mod resume_token;
+pub mod stream;
 
 pub use cluster_time::{ClusterTime, ClusterTimeSummary};
 pub use document::Document;
 pub use error::Error;
 pub use event::{ChangeEvent, Namespace, OperationType, TxnId};
 pub use resume_token::ResumeToken;
+pub use stream::EventStream;

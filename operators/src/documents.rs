@@ -47,14 +47,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use changeflow_core::raw::{self, kind};
-use changeflow_core::{ChangeEvent, ClusterTime, Document, Namespace, OperationType};
+use changeflow_core::{ChangeEvent, ClusterTime, Document, EventStream, Namespace, OperationType};
 use differential_dataflow::collection::AsCollection;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::Stream;
 
 use crate::stash::TimeStash;
 use crate::update::apply_update;
@@ -187,8 +186,7 @@ fn route(event: &ChangeEvent) -> Option<u64> {
 /// ```
 /// use changeflow_core::ClusterTime;
 /// use changeflow_operators::documents::{document_state, DocumentStats};
-/// use timely::dataflow::operators::ToStream;
-/// use differential_dataflow::VecCollection;
+/// /// use differential_dataflow::VecCollection;
 /// let lines = [
 ///     r#"{"_id": {"_data": "82000000010000000104"}, "operationType": "insert", "clusterTime": {"$timestamp": {"t": 1, "i": 1}}, "ns": {"db": "s", "coll": "o"}, "documentKey": {"_id": 1}, "fullDocument": {"_id": 1, "n": 1}}"#,
 ///     r#"{"_id": {"_data": "82000000020000000104"}, "operationType": "update", "clusterTime": {"$timestamp": {"t": 2, "i": 1}}, "ns": {"db": "s", "coll": "o"}, "documentKey": {"_id": 1}, "updateDescription": {"updatedFields": {"n": 2}, "removedFields": []}}"#,
@@ -198,16 +196,7 @@ fn route(event: &ChangeEvent) -> Option<u64> {
 /// let sink = seen.clone();
 /// timely::execute_directly(move |worker| {
 ///     worker.dataflow::<ClusterTime, _, _>(|scope| {
-///         // `to_stream` emits at time 0: give each event its own time first.
-///         let stream = timely::dataflow::operators::generic::operator::source(scope, "events", move |cap, _| {
-///             let mut cap = Some(cap);
-///             let mut events = Some(events);
-///             move |output| {
-///                 if let (Some(cap), Some(events)) = (cap.take(), events.take()) {
-///                     for e in events { output.session(&cap.delayed(&e.cluster_time())).give(e); }
-///                 }
-///             }
-///         });
+///         let stream = changeflow_sources::memory::from_events(scope, events);
 ///         document_state(stream, DocumentStats::new())
 ///             .inspect(move |((key, doc), time, diff)| {
 ///                 sink.lock().unwrap().push((key.to_string(), doc.get("n").unwrap().unwrap().as_i64(), *time, *diff))
@@ -222,34 +211,30 @@ fn route(event: &ChangeEvent) -> Option<u64> {
 ///     ("s.o/1".to_string(), Some(2), ClusterTime::new(2, 1), 1),
 /// ]);
 /// ```
-pub fn document_state<'scope>(events: Stream<'scope, ClusterTime, Vec<ChangeEvent>>, stats: Arc<DocumentStats>) -> Documents<'scope> {
+pub fn document_state<'scope>(events: EventStream<'scope>, stats: Arc<DocumentStats>) -> Documents<'scope> {
     let peers = events.scope().peers() as u64;
-    let routed = events.flat_map(move |event| {
-        let targets: Vec<(u64, ChangeEvent)> = match route(&event) {
-            Some(h) if event.operation().is_document_change() => vec![(h, event)],
-            _ if peers == 1 => vec![(0, event)],
-            _ => (0..peers).map(|w| (w, event.clone())).collect(),
+    let routed = events.flat_map(move |(event, time)| {
+        let targets: Vec<(u64, (ChangeEvent, ClusterTime))> = match route(&event) {
+            Some(h) if event.operation().is_document_change() => vec![(h, (event, time))],
+            _ if peers == 1 => vec![(0, (event, time))],
+            _ => (0..peers).map(|w| (w, (event.clone(), time))).collect(),
         };
         targets
     });
     routed
-        .unary_frontier(Exchange::new(|(r, _): &(u64, ChangeEvent)| *r), "DocumentState", move |_, _| {
+        .unary_frontier(Exchange::new(|(r, _): &(u64, (ChangeEvent, ClusterTime))| *r), "DocumentState", move |_, _| {
             let mut stash: TimeStash<ChangeEvent> = TimeStash::new();
             let mut state = State::default();
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
-                    stash.stash(&cap, 0, data.drain(..).map(|(_, e)| e));
+                    stash.stash(&cap, 0, data.drain(..).map(|(_, (e, t))| (t, e)));
                 });
                 if let Some((cap, closed)) = stash.take_closed(frontier) {
+                    let mut session = output.session(&cap);
                     for (time, mut events) in closed {
                         events.sort_by(|a, b| a.cmp_token(b));
-                        let changes = state.apply_time(&events, &stats);
-                        if !changes.is_empty() {
-                            let at = cap.delayed(&time);
-                            let mut session = output.session(&at);
-                            for (key, doc, diff) in changes {
-                                session.give(((key, doc), time, diff));
-                            }
+                        for (key, doc, diff) in state.apply_time(&events, &stats) {
+                            session.give(((key, doc), time, diff));
                         }
                     }
                 }

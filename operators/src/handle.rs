@@ -43,7 +43,7 @@ where
             let mut stash: TimeStash<(D, isize)> = TimeStash::new();
             let mut reported: Option<Option<ClusterTime>> = None;
             move |(input, frontier), _output| {
-                input.for_each(|cap, data| stash.stash(&cap, 0, data.drain(..).map(|(d, _, r)| (d, r))));
+                input.for_each(|cap, data| stash.stash(&cap, 0, data.drain(..).map(|(d, t, r)| (t, (d, r)))));
                 if let Some((_cap, closed)) = stash.take_closed(frontier) {
                     for (time, mut changes) in closed {
                         consolidate(&mut changes);

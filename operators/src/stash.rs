@@ -2,14 +2,18 @@
 //!
 //! The document-state and aggregate operators both need all of a time's input before acting on
 //! it (a transaction's events share one time and must apply in token order; an aggregate emits
-//! one change per key per time). A `TimeStash` keeps received data by time and one capability at
-//! the least pending time; [`TimeStash::take_closed`] returns the data of every time the input
-//! frontier has passed, in time order, with a capability valid for all of them.
+//! one change per key per time). A `TimeStash` keeps received records by *their own* time (as in
+//! differential, a message's capability is only a lower bound of its records' times, so one
+//! message carries many times) and one capability at or below the least pending time;
+//! [`TimeStash::take_closed`] returns the records of every time the input frontier has passed,
+//! in time order, with one capability valid for all of them, so the operator can send all its
+//! output in one message.
 //!
 //! # Invariants
 //!
-//! * The held capability is at the least pending time, or dropped when nothing is pending, so
-//!   an operator built on a stash never holds back the frontier without pending data.
+//! * The held capability is at most the least pending time, and is dropped when nothing is
+//!   pending, so an operator built on a stash never holds back the frontier without pending data.
+//! * After `take_closed` the held capability is downgraded to the least remaining time.
 
 use std::collections::BTreeMap;
 
@@ -28,13 +32,18 @@ impl<D> TimeStash<D> {
         TimeStash { held: None, pending: BTreeMap::new() }
     }
 
-    /// Keeps `data`, received under `cap`, until its time is closed.
-    pub(crate) fn stash(&mut self, cap: &InputCapability<ClusterTime>, output: usize, data: impl IntoIterator<Item = D>) {
+    /// Keeps `records` (each with its time, at or after `cap`'s) until their times are closed.
+    pub(crate) fn stash(&mut self, cap: &InputCapability<ClusterTime>, output: usize, records: impl IntoIterator<Item = (ClusterTime, D)>) {
         let Some(time) = cap.least().copied() else { return };
-        if self.held.as_ref().is_none_or(|h| time < *h.time()) {
+        let mut any = false;
+        for (t, d) in records {
+            debug_assert!(t >= time, "a record's time precedes its message's capability");
+            self.pending.entry(t).or_default().push(d);
+            any = true;
+        }
+        if any && self.held.as_ref().is_none_or(|h| time < *h.time()) {
             self.held = cap.retain_least(output);
         }
-        self.pending.entry(time).or_default().extend(data);
     }
 
     /// Removes and returns, in time order, the data of every time not in `frontier`'s future,

@@ -209,9 +209,10 @@ impl GroupBy {
                 let mut groups: HashMap<Row, Group> = HashMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
-                        stash.stash(&cap, 0, data.drain(..).map(|(d, _, r)| (d, r)));
+                        stash.stash(&cap, 0, data.drain(..).map(|(d, t, r)| (t, (d, r))));
                     });
                     if let Some((cap, closed)) = stash.take_closed(frontier) {
+                        let mut session = output.session(&cap);
                         for (time, updates) in closed {
                             let mut before: HashMap<Row, Option<Row>> = HashMap::new();
                             for ((keys, inputs), diff) in updates {
@@ -221,8 +222,6 @@ impl GroupBy {
                                 }
                                 group.update(&inputs, diff, &spec.aggregates);
                             }
-                            let at = cap.delayed(&time);
-                            let mut session = output.session(&at);
                             for (keys, old) in before {
                                 let new = groups.get(&keys).and_then(|g| g.row(&keys, &spec));
                                 if groups.get(&keys).is_some_and(|g| g.count == 0) {

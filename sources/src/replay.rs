@@ -10,8 +10,9 @@
 //! # Progress tracking (the frontier rule)
 //!
 //! * The source starts with a capability at `ClusterTime::MIN`.
-//! * Each activation reads up to `batch` events, emits each at its `clusterTime`, then downgrades
-//!   the capability to the time of the last event emitted: more events at that time may follow,
+//! * Each activation reads up to `batch` events and sends them in one message under the current
+//!   capability, each record carrying its own `clusterTime` (see [`EventStream`]); then it
+//!   downgrades the capability to the time of the last event emitted: more events at that time may follow,
 //!   so the source never releases a time it may still emit at, and it never holds a time it has
 //!   passed (the capability moves as soon as a later event is read).
 //! * At the end of the input (or after an `invalidate`, which ends a change stream) it drops the
@@ -49,9 +50,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use changeflow_core::{ChangeEvent, ClusterTime, OperationType};
+use changeflow_core::{ChangeEvent, ClusterTime, EventStream, OperationType};
 use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::{Scope, Stream};
+use timely::dataflow::Scope;
 
 use crate::reader::{EventReader, Read, ReaderOptions};
 use crate::{SourceError, SourceStatus};
@@ -92,7 +93,7 @@ impl ReplayOptions {
 
 /// Replays the file in `options` into `scope` as a stream of change events at their cluster
 /// times (see the module docs for the frontier rule). Worker 0 reads; other workers emit nothing.
-pub fn replay<'scope>(scope: Scope<'scope, ClusterTime>, options: ReplayOptions) -> Stream<'scope, ClusterTime, Vec<ChangeEvent>> {
+pub fn replay<'scope>(scope: Scope<'scope, ClusterTime>, options: ReplayOptions) -> EventStream<'scope> {
     let reads = scope.index() == 0;
     let activations = scope.activations();
     source(scope, "Replay", move |capability, info| {
@@ -100,7 +101,7 @@ pub fn replay<'scope>(scope: Scope<'scope, ClusterTime>, options: ReplayOptions)
         let mut capability = reads.then_some(capability);
         let mut reader: Option<EventReader> = None;
         let mut last_data = Instant::now();
-        let mut run: Vec<ChangeEvent> = Vec::new();
+        let mut run: Vec<(ChangeEvent, ClusterTime)> = Vec::new();
         let status = options.status();
         move |output| {
             let Some(cap) = capability.as_mut() else { return };
@@ -127,16 +128,16 @@ pub fn replay<'scope>(scope: Scope<'scope, ClusterTime>, options: ReplayOptions)
                             outcome = Outcome::Failed(SourceError::OutOfOrder { path: input.path().to_path_buf(), line, time, frontier });
                             break;
                         }
-                        if time != run_time && !run.is_empty() {
-                            let delayed = cap.delayed(&run_time);
-                            output.session(&delayed).give_iterator(run.drain(..));
+                        if time < run_time {
+                            outcome = Outcome::Failed(SourceError::OutOfOrder { path: input.path().to_path_buf(), line, time, frontier: run_time });
+                            break;
                         }
                         run_time = time;
                         let ends = event.operation() == &OperationType::Invalidate && !options.continue_after_invalidate;
                         if ends {
                             last_event = Some((time, Some(event.token())));
                         }
-                        run.push(event);
+                        run.push((event, time));
                         emitted += 1;
                         if ends {
                             outcome = Outcome::End;
@@ -158,10 +159,9 @@ pub fn replay<'scope>(scope: Scope<'scope, ClusterTime>, options: ReplayOptions)
                     }
                 }
             }
-            if let Some(last) = run.last() {
-                last_event.get_or_insert_with(|| (last.cluster_time(), Some(last.token())));
-                let delayed = cap.delayed(&run_time);
-                output.session(&delayed).give_iterator(run.drain(..));
+            if let Some((last, time)) = run.last() {
+                last_event.get_or_insert_with(|| (*time, Some(last.token())));
+                output.session(&*cap).give_iterator(run.drain(..));
             }
             status.add_events(emitted);
             if let Some((time, token)) = last_event {

@@ -303,7 +303,10 @@ mod tests {
             back.get_datetime("date").expect("date").timestamp_millis(),
             1_700_000_000_123
         );
-        assert_eq!(back.get_str("s").expect("str"), d.get_str("s").expect("str"));
+        assert_eq!(
+            back.get_str("s").expect("str"),
+            d.get_str("s").expect("str")
+        );
     }
 
     #[test]
@@ -318,7 +321,10 @@ mod tests {
             r#"{"a":12.5,"b":12.0,"w":{"$date":"2023-11-14T22:13:20.000Z"},"bin":{"$binary":{"base64":"/////////////////////w==","subType":"04"}}}"#
         );
         assert_eq!(
-            to_json(&doc! { "w": bson::DateTime::from_millis(1_700_000_000_000) }, true),
+            to_json(
+                &doc! { "w": bson::DateTime::from_millis(1_700_000_000_000) },
+                true
+            ),
             r#"{"w":{"$date":{"$numberLong":"1700000000000"}}}"#
         );
     }
@@ -335,7 +341,11 @@ mod tests {
             let mut s = String::new();
             write_date(&mut s, ms, false);
             let back = via_bson_route(&format!(r#"{{"d":{s}}}"#));
-            assert_eq!(back.get_datetime("d").expect("date").timestamp_millis(), ms, "{s}");
+            assert_eq!(
+                back.get_datetime("d").expect("date").timestamp_millis(),
+                ms,
+                "{s}"
+            );
         }
     }
 

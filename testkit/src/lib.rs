@@ -7,9 +7,9 @@
 //!   updates with `updateDescription`, replaces, deletes, multi-document transactions) for one
 //!   collection, generated from a seed and written as MongoDB Extended JSON lines or as BSON. The
 //!   same [`orders::OrdersConfig`] always gives byte-identical output.
-//! * The **reference model** ([`reference`]) applies change events one by one, in stream order, to
-//!   a plain map of documents, with the simplest possible code. Its final state, and the batch
-//!   views computed over it, are the expected answers for changeflow's pipelines.
+//! * The **reference model** ([`reference`](mod@reference)) applies change events one by one, in
+//!   stream order, to a plain map of documents, with the simplest possible code. Its final state,
+//!   and the batch views computed over it, are the expected answers for changeflow's pipelines.
 //! * [`extjson`] writes `bson::Document`s as Extended JSON (relaxed or canonical) like MongoDB's
 //!   tools; [`rng`] is the small seeded PRNG behind the workloads.
 //!

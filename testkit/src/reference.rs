@@ -134,12 +134,14 @@ impl ReferenceModel {
         match op {
             None => {
                 let (ns, key) = namespace_and_key(event)?;
-                let full = full_document(event)?.ok_or(ReferenceError::MissingField("fullDocument"))?;
+                let full =
+                    full_document(event)?.ok_or(ReferenceError::MissingField("fullDocument"))?;
                 self.documents.insert((ns, key), full.clone());
             }
             Some("insert" | "replace") => {
                 let (ns, key) = namespace_and_key(event)?;
-                let full = full_document(event)?.ok_or(ReferenceError::MissingField("fullDocument"))?;
+                let full =
+                    full_document(event)?.ok_or(ReferenceError::MissingField("fullDocument"))?;
                 self.documents.insert((ns, key), full.clone());
             }
             Some("delete") => {
@@ -571,7 +573,11 @@ fn set_in_document(
     set_in_value(child, rest, value)
 }
 
-fn set_in_array(array: &mut Vec<Bson>, steps: &[Step], value: Bson) -> std::result::Result<(), String> {
+fn set_in_array(
+    array: &mut Vec<Bson>,
+    steps: &[Step],
+    value: Bson,
+) -> std::result::Result<(), String> {
     let (first, rest) = steps.split_first().ok_or("empty path")?;
     let index = as_index(first)?;
     if rest.is_empty() {
@@ -752,7 +758,9 @@ impl Node {
     fn into_json(self) -> serde_json::Value {
         match self {
             Node::Scalar(v) => v,
-            Node::Array(a) => serde_json::Value::Array(a.into_iter().map(Node::into_json).collect()),
+            Node::Array(a) => {
+                serde_json::Value::Array(a.into_iter().map(Node::into_json).collect())
+            }
             Node::Object(o) => {
                 serde_json::Value::Object(o.into_iter().map(|(k, v)| (k, v.into_json())).collect())
             }
@@ -840,5 +848,476 @@ impl<'de> Visitor<'de> for NodeVisitor {
             fields.push((k, v));
         }
         Ok(Node::Object(fields))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    const NS: &str = r#""ns":{"db":"shop","coll":"orders"}"#;
+
+    fn insert(model: &mut ReferenceModel, id: i32, full: &str) {
+        model
+            .apply_json_line(&format!(
+                r#"{{"operationType":"insert",{NS},"documentKey":{{"_id":{id}}},"fullDocument":{full}}}"#
+            ))
+            .expect("insert applies");
+    }
+
+    fn update(model: &mut ReferenceModel, id: i32, description: &str) -> Result<()> {
+        model.apply_json_line(&format!(
+            r#"{{"operationType":"update",{NS},"documentKey":{{"_id":{id}}},"updateDescription":{description}}}"#
+        ))
+    }
+
+    fn state(model: &ReferenceModel, id: i32) -> String {
+        let doc = model.get("shop.orders", &Bson::Int32(id)).expect("live");
+        crate::extjson::to_json(doc, false)
+    }
+
+    /// Applies `description` to `before` (relaxed JSON) and returns the result as relaxed JSON.
+    fn after(before: &str, description: &str) -> String {
+        let mut model = ReferenceModel::new();
+        insert(&mut model, 1, before);
+        update(&mut model, 1, description).expect("update applies");
+        state(&model, 1)
+    }
+
+    #[test]
+    fn top_level_set_replaces_in_place_and_appends_new_fields() {
+        assert_eq!(
+            after(
+                r#"{"_id":1,"a":1,"b":2}"#,
+                r#"{"updatedFields":{"a":10,"c":3},"removedFields":[],"truncatedArrays":[]}"#
+            ),
+            r#"{"_id":1,"a":10,"b":2,"c":3}"#
+        );
+    }
+
+    #[test]
+    fn dotted_path_creates_intermediate_documents() {
+        assert_eq!(
+            after(
+                r#"{"_id":1}"#,
+                r#"{"updatedFields":{"shipping.address.city":"Paris"}}"#
+            ),
+            r#"{"_id":1,"shipping":{"address":{"city":"Paris"}}}"#
+        );
+        // A numeric component under a missing parent creates a document field, not an array.
+        assert_eq!(
+            after(r#"{"_id":1}"#, r#"{"updatedFields":{"m.0.x":1}}"#),
+            r#"{"_id":1,"m":{"0":{"x":1}}}"#
+        );
+        // Existing intermediate documents are kept; the new field goes at their end.
+        assert_eq!(
+            after(
+                r#"{"_id":1,"s":{"a":1},"z":0}"#,
+                r#"{"updatedFields":{"s.b":2}}"#
+            ),
+            r#"{"_id":1,"s":{"a":1,"b":2},"z":0}"#
+        );
+    }
+
+    #[test]
+    fn array_index_set_append_and_pad() {
+        let before = r#"{"_id":1,"items":[{"qty":1},{"qty":2}]}"#;
+        assert_eq!(
+            after(before, r#"{"updatedFields":{"items.1.qty":5}}"#),
+            r#"{"_id":1,"items":[{"qty":1},{"qty":5}]}"#
+        );
+        assert_eq!(
+            after(before, r#"{"updatedFields":{"items.0":"x"}}"#),
+            r#"{"_id":1,"items":["x",{"qty":2}]}"#
+        );
+        assert_eq!(
+            after(before, r#"{"updatedFields":{"items.2":{"qty":3}}}"#),
+            r#"{"_id":1,"items":[{"qty":1},{"qty":2},{"qty":3}]}"#
+        );
+        assert_eq!(
+            after(before, r#"{"updatedFields":{"items.4":7}}"#),
+            r#"{"_id":1,"items":[{"qty":1},{"qty":2},null,null,7]}"#
+        );
+        // An intermediate past the end pads and appends a new document.
+        assert_eq!(
+            after(before, r#"{"updatedFields":{"items.3.qty":9}}"#),
+            r#"{"_id":1,"items":[{"qty":1},{"qty":2},null,{"qty":9}]}"#
+        );
+        // Nested arrays.
+        assert_eq!(
+            after(
+                r#"{"_id":1,"m":[[1,2],[3]]}"#,
+                r#"{"updatedFields":{"m.1.1":4}}"#
+            ),
+            r#"{"_id":1,"m":[[1,2],[3,4]]}"#
+        );
+    }
+
+    #[test]
+    fn removed_fields() {
+        let before = r#"{"_id":1,"a":1,"s":{"c":"UPS","t":"1Z"},"b":2,"arr":[1,2,3]}"#;
+        assert_eq!(
+            after(
+                before,
+                r#"{"updatedFields":{},"removedFields":["a","s.t","arr.1","missing","s.x.y"]}"#
+            ),
+            r#"{"_id":1,"s":{"c":"UPS"},"b":2,"arr":[1,null,3]}"#
+        );
+        // Removal comes after the updates: a field set and removed in one event is gone.
+        assert_eq!(
+            after(
+                before,
+                r#"{"updatedFields":{"a":5,"n":1},"removedFields":["n"]}"#
+            ),
+            r#"{"_id":1,"a":5,"s":{"c":"UPS","t":"1Z"},"b":2,"arr":[1,2,3]}"#
+        );
+    }
+
+    #[test]
+    fn truncated_arrays_apply_before_updated_fields() {
+        let before = r#"{"_id":1,"items":[1,2,3,4],"n":{"a":[5,6,7]}}"#;
+        assert_eq!(
+            after(
+                before,
+                r#"{"updatedFields":{"items.2":"new"},"removedFields":[],"truncatedArrays":[{"field":"items","newSize":2},{"field":"n.a","newSize":{"$numberLong":"1"}}]}"#
+            ),
+            r#"{"_id":1,"items":[1,2,"new"],"n":{"a":[5]}}"#
+        );
+        // Truncating something that is not an array is an error and changes nothing.
+        let mut model = ReferenceModel::new();
+        insert(&mut model, 1, before);
+        let err = update(
+            &mut model,
+            1,
+            r#"{"updatedFields":{"x":1},"truncatedArrays":[{"field":"n","newSize":0}]}"#,
+        )
+        .expect_err("n is not an array");
+        assert!(matches!(err, ReferenceError::Path { ref path, .. } if path == "n"));
+        assert_eq!(state(&model, 1), before);
+    }
+
+    #[test]
+    fn disambiguated_paths_numeric_field_name_versus_index() {
+        let before = r#"{"_id":1,"a":{"0":{"b":1}},"arr":[{"b":1},{"b":2}]}"#;
+        // "a.0.b": 0 is a field name of the document a (also what the default rule gives).
+        // "arr.1.b" with [ "arr", 1, "b" ]: 1 is an index.
+        assert_eq!(
+            after(
+                before,
+                r#"{"updatedFields":{"a.0.b":5,"arr.1.b":6},"removedFields":[],"truncatedArrays":[],
+                    "disambiguatedPaths":{"a.0.b":["a","0","b"],"arr.1.b":["arr",1,"b"]}}"#
+            ),
+            r#"{"_id":1,"a":{"0":{"b":5}},"arr":[{"b":1},{"b":6}]}"#
+        );
+        // A field literally named "2" inside a missing parent, declared as a field name.
+        assert_eq!(
+            after(
+                before,
+                r#"{"updatedFields":{"c.2":true},"disambiguatedPaths":{"c.2":["c","2"]}}"#
+            ),
+            r#"{"_id":1,"a":{"0":{"b":1}},"arr":[{"b":1},{"b":2}],"c":{"2":true}}"#
+        );
+        // A component declared as a field name cannot go into an array.
+        let mut model = ReferenceModel::new();
+        insert(&mut model, 1, before);
+        let err = update(
+            &mut model,
+            1,
+            r#"{"updatedFields":{"arr.1.b":0},"disambiguatedPaths":{"arr.1.b":["arr","1","b"]}}"#,
+        )
+        .expect_err("field name inside an array");
+        assert!(matches!(err, ReferenceError::Path { .. }));
+        // A dotted field name (allowed since 5.0) is one component when disambiguated.
+        assert_eq!(
+            after(
+                r#"{"_id":1}"#,
+                r#"{"updatedFields":{"a.b":1},"disambiguatedPaths":{"a.b":["a.b"]}}"#
+            ),
+            r#"{"_id":1,"a.b":1}"#
+        );
+        // Removal honours disambiguation too: index 0 of arr becomes null.
+        assert_eq!(
+            after(
+                before,
+                r#"{"removedFields":["arr.0"],"disambiguatedPaths":{"arr.0":["arr",0]}}"#
+            ),
+            r#"{"_id":1,"a":{"0":{"b":1}},"arr":[null,{"b":2}]}"#
+        );
+    }
+
+    #[test]
+    fn path_through_a_scalar_is_an_error() {
+        let mut model = ReferenceModel::new();
+        insert(&mut model, 1, r#"{"_id":1,"a":5}"#);
+        let err = update(&mut model, 1, r#"{"updatedFields":{"ok":1,"a.b":1}}"#)
+            .expect_err("a is a scalar");
+        assert!(matches!(err, ReferenceError::Path { ref path, .. } if path == "a.b"));
+        assert_eq!(state(&model, 1), r#"{"_id":1,"a":5}"#, "unchanged on error");
+    }
+
+    #[test]
+    fn same_document_updated_twice() {
+        let mut model = ReferenceModel::new();
+        insert(
+            &mut model,
+            1,
+            r#"{"_id":1,"status":"pending","items":[{"qty":1}]}"#,
+        );
+        update(
+            &mut model,
+            1,
+            r#"{"updatedFields":{"status":"paid","items.1":{"qty":2}}}"#,
+        )
+        .expect("first");
+        update(
+            &mut model,
+            1,
+            r#"{"updatedFields":{"items.1.qty":3},"removedFields":["status"]}"#,
+        )
+        .expect("second");
+        assert_eq!(
+            state(&model, 1),
+            r#"{"_id":1,"items":[{"qty":1},{"qty":3}]}"#
+        );
+    }
+
+    #[test]
+    fn update_without_previous_version() {
+        let mut model = ReferenceModel::new();
+        update(&mut model, 1, r#"{"updatedFields":{"a":1}}"#).expect("counted");
+        assert_eq!(model.unapplied(), 1);
+        assert!(model.documents().is_empty());
+        // With fullDocument it is taken as is; a null fullDocument (updateLookup after a delete)
+        // counts as absent.
+        model
+            .apply_json_line(&format!(
+                r#"{{"operationType":"update",{NS},"documentKey":{{"_id":2}},"updateDescription":{{"updatedFields":{{"a":1}}}},"fullDocument":{{"_id":2,"a":1,"b":0}}}}"#
+            ))
+            .expect("applies");
+        model
+            .apply_json_line(&format!(
+                r#"{{"operationType":"update",{NS},"documentKey":{{"_id":3}},"updateDescription":{{"updatedFields":{{"a":1}}}},"fullDocument":null}}"#
+            ))
+            .expect("applies");
+        assert_eq!(model.unapplied(), 2);
+        assert_eq!(state(&model, 2), r#"{"_id":2,"a":1,"b":0}"#);
+        // With a previous version, the delta wins over fullDocument.
+        model
+            .apply_json_line(&format!(
+                r#"{{"operationType":"update",{NS},"documentKey":{{"_id":2}},"updateDescription":{{"updatedFields":{{"a":7}}}},"fullDocument":{{"_id":2,"a":999}}}}"#
+            ))
+            .expect("applies");
+        assert_eq!(state(&model, 2), r#"{"_id":2,"a":7,"b":0}"#);
+    }
+
+    #[test]
+    fn insert_replace_delete_and_keys() {
+        let mut model = ReferenceModel::new();
+        insert(&mut model, 1, r#"{"_id":1,"a":1}"#);
+        model
+            .apply_json_line(&format!(
+                r#"{{"operationType":"replace",{NS},"documentKey":{{"_id":1}},"fullDocument":{{"_id":1,"b":2}}}}"#
+            ))
+            .expect("replace");
+        assert_eq!(state(&model, 1), r#"{"_id":1,"b":2}"#);
+        let key = (
+            "shop.orders".to_string(),
+            r#"{"$numberInt":"1"}"#.to_string(),
+        );
+        assert!(model.documents().contains_key(&key));
+        // Int32 1 and Int64 1 are different keys (canonical Extended JSON differs).
+        assert!(model.get("shop.orders", &Bson::Int64(1)).is_none());
+        model
+            .apply_json_line(&format!(
+                r#"{{"operationType":"delete",{NS},"documentKey":{{"_id":1}}}}"#
+            ))
+            .expect("delete");
+        assert!(model.documents().is_empty());
+        // Deleting something unknown is harmless.
+        model
+            .apply_json_line(&format!(
+                r#"{{"operationType":"delete",{NS},"documentKey":{{"_id":9}}}}"#
+            ))
+            .expect("delete");
+        // Missing fullDocument on an insert is an error.
+        let err = model
+            .apply_json_line(&format!(
+                r#"{{"operationType":"insert",{NS},"documentKey":{{"_id":1}}}}"#
+            ))
+            .expect_err("no fullDocument");
+        assert_eq!(err, ReferenceError::MissingField("fullDocument"));
+        assert!(matches!(
+            model.apply_json_line("not json"),
+            Err(ReferenceError::Parse(_))
+        ));
+    }
+
+    fn insert_into(model: &mut ReferenceModel, db: &str, coll: &str, id: i32) {
+        model
+            .apply(&doc! {
+                "operationType": "insert",
+                "ns": { "db": db, "coll": coll },
+                "documentKey": { "_id": id },
+                "fullDocument": { "_id": id, "coll": coll },
+            })
+            .expect("insert");
+    }
+
+    fn namespaces(model: &ReferenceModel) -> Vec<String> {
+        model.documents().keys().map(|(ns, _)| ns.clone()).collect()
+    }
+
+    #[test]
+    fn rename_drop_drop_database_and_invalidate() {
+        let mut model = ReferenceModel::new();
+        insert_into(&mut model, "a", "x", 1);
+        insert_into(&mut model, "a", "x", 2);
+        insert_into(&mut model, "a", "y", 3);
+        insert_into(&mut model, "a", "z", 9);
+        insert_into(&mut model, "ab", "x", 4);
+        insert_into(&mut model, "b", "x", 5);
+
+        // rename a.x → a.z: a.z's old content is dropped (dropTarget), a.x's documents move.
+        model
+            .apply(&doc! { "operationType": "rename", "ns": { "db": "a", "coll": "x" }, "to": { "db": "a", "coll": "z" } })
+            .expect("rename");
+        assert_eq!(namespaces(&model), ["a.y", "a.z", "a.z", "ab.x", "b.x"]);
+        assert!(model.get("a.z", &Bson::Int32(9)).is_none());
+        assert_eq!(
+            model
+                .get("a.z", &Bson::Int32(1))
+                .expect("moved")
+                .get_str("coll")
+                .expect("coll"),
+            "x"
+        );
+        model
+            .apply(&doc! { "operationType": "invalidate" })
+            .expect("invalidate is a no-op");
+        model
+            .apply(&doc! { "operationType": "createIndexes", "ns": { "db": "a", "coll": "y" } })
+            .expect("other types are no-ops");
+
+        model
+            .apply(&doc! { "operationType": "drop", "ns": { "db": "a", "coll": "y" } })
+            .expect("drop");
+        assert_eq!(namespaces(&model), ["a.z", "a.z", "ab.x", "b.x"]);
+
+        // dropDatabase a: only db "a", not "ab".
+        model
+            .apply(&doc! { "operationType": "dropDatabase", "ns": { "db": "a" } })
+            .expect("dropDatabase");
+        assert_eq!(namespaces(&model), ["ab.x", "b.x"]);
+
+        // rename across databases.
+        model
+            .apply(&doc! { "operationType": "rename", "ns": { "db": "b", "coll": "x" }, "to": { "db": "c", "coll": "w" } })
+            .expect("rename");
+        assert_eq!(namespaces(&model), ["ab.x", "c.w"]);
+        assert!(matches!(
+            model.apply(&doc! { "operationType": "rename", "ns": { "db": "b", "coll": "x" } }),
+            Err(ReferenceError::MissingField("to"))
+        ));
+    }
+
+    #[test]
+    fn cosmos_shape_is_an_upsert() {
+        let mut model = ReferenceModel::new();
+        model
+            .apply_json_line(&format!(
+                r#"{{{NS},"documentKey":{{"_id":1}},"fullDocument":{{"_id":1,"v":1}}}}"#
+            ))
+            .expect("upsert");
+        model
+            .apply_json_line(&format!(r#"{{{NS},"fullDocument":{{"_id":1,"v":2}}}}"#))
+            .expect("upsert without documentKey");
+        assert_eq!(state(&model, 1), r#"{"_id":1,"v":2}"#);
+    }
+
+    #[test]
+    fn views_over_orders() {
+        let mut model = ReferenceModel::new();
+        insert(
+            &mut model,
+            1,
+            r#"{"_id":1,"customer_id":7,"region":"eu","amount":0.1}"#,
+        );
+        insert(
+            &mut model,
+            2,
+            r#"{"_id":2,"customer_id":7,"region":"eu","amount":0.2}"#,
+        );
+        insert(
+            &mut model,
+            3,
+            r#"{"_id":3,"customer_id":{"$numberLong":"8"},"region":"us","amount":5}"#,
+        );
+        insert(&mut model, 4, r#"{"_id":4,"region":"us"}"#);
+        insert(&mut model, 5, r#"{"_id":5,"customer_id":"x","amount":1.0}"#);
+        insert_into(&mut model, "shop", "other", 6);
+        assert_eq!(
+            model.orders_by_region(),
+            BTreeMap::from([
+                ("eu".to_string(), (2, 0.30000000000000004)),
+                ("us".to_string(), (2, 5.0))
+            ])
+        );
+        assert_eq!(model.orders_by_customer(), BTreeMap::from([(7, 2), (8, 1)]));
+        // Moving an order between groups.
+        update(
+            &mut model,
+            1,
+            r#"{"updatedFields":{"region":"us","customer_id":8}}"#,
+        )
+        .expect("update");
+        assert_eq!(model.orders_by_region()["us"], (3, 5.1));
+        assert_eq!(model.orders_by_customer(), BTreeMap::from([(7, 1), (8, 2)]));
+    }
+
+    #[test]
+    fn fsum_is_exactly_rounded() {
+        assert_eq!(fsum(&[]), 0.0);
+        assert_eq!(fsum(&[0.1, 0.2]), 0.30000000000000004);
+        assert_eq!(fsum(&[1e16, 1.0, 1e-16]), 10000000000000002.0);
+        assert_eq!(fsum(&[1.0, 1e100, 1.0, -1e100]), 2.0);
+        // Half-way case fixed by the sign of the remaining partial (CPython's test suite).
+        assert_eq!(
+            fsum(&[1.0, 2f64.powi(-53), 2f64.powi(-80)]),
+            1.0000000000000002
+        );
+        assert_eq!(
+            fsum(&[2f64.powi(53), -0.5, -2f64.powi(-54)]),
+            2f64.powi(53) - 1.0
+        );
+        // Order does not matter.
+        let values: Vec<f64> = (1..2000).map(|i| f64::from(i) * 0.01 + 1e-3).collect();
+        let mut reversed = values.clone();
+        reversed.reverse();
+        assert_eq!(fsum(&values), fsum(&reversed));
+        assert!(fsum(&[f64::INFINITY, 1.0]).is_infinite());
+    }
+
+    #[test]
+    fn parse_keeps_order_and_types() {
+        let d = parse_json_line(
+            r#"{"b":{"$date":"2023-11-14T22:13:20.000Z"},"a":[{"z":1,"y":2}],"c":{"$date":{"$numberLong":"5"}},"d":1.0,"e":2147483648}"#,
+        )
+        .expect("parses");
+        assert_eq!(d.keys().collect::<Vec<_>>(), ["b", "a", "c", "d", "e"]);
+        let a = d.get_array("a").expect("array");
+        let Bson::Document(inner) = &a[0] else {
+            panic!("not a document")
+        };
+        assert_eq!(inner.keys().collect::<Vec<_>>(), ["z", "y"]);
+        assert_eq!(
+            d.get_datetime("b").expect("date").timestamp_millis(),
+            1_700_000_000_000
+        );
+        assert_eq!(d.get_datetime("c").expect("date").timestamp_millis(), 5);
+        assert!(matches!(d.get("d"), Some(Bson::Double(_))));
+        assert!(matches!(d.get("e"), Some(Bson::Int64(2_147_483_648))));
+        assert!(parse_json_line("[1]").is_err());
+        assert!(parse_json_line(r#"{"a":{"$oid":"zz"}}"#).is_err());
     }
 }
