@@ -29,11 +29,15 @@ where
 
 /// Steps `worker` until `probe` has passed every time, or a source in `sources` failed.
 ///
-/// Returns the first source failure; the dataflow is then abandoned without releasing the
-/// failed source's times, so nothing downstream sees a partial time.
+/// Returns the first source failure. The worker's dataflows are then dropped without the failed
+/// source releasing its times, so nothing downstream sees a partial time (timely would
+/// otherwise keep stepping them until they complete, which they never would).
 pub fn drive(worker: &mut Worker, probe: &ProbeHandle<ClusterTime>, sources: &[Arc<SourceStatus>]) -> Result<(), String> {
     loop {
         if let Some(error) = sources.iter().find_map(|s| s.error()) {
+            for dataflow in worker.installed_dataflows() {
+                worker.drop_dataflow(dataflow);
+            }
             return Err(error);
         }
         if probe.done() {

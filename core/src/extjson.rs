@@ -3,7 +3,9 @@
 //! [`transcode`] streams over the JSON text with `serde_json`'s parser and writes BSON as it
 //! goes: no `serde_json::Value`, no `bson::Bson` on the way. Its output is byte for byte what the
 //! `bson` crate's own route gives (`serde_json::from_slice::<Value>`, then
-//! `bson::Document::try_from(map)`, then `to_vec()`), with field order preserved:
+//! `bson::Document::try_from(map)`, then `to_vec()`), and it accepts and rejects the same texts.
+//! Field order is always the input's; bson's route keeps it only with `serde_json`'s
+//! `preserve_order` feature, and otherwise sorts every object's keys.
 //!
 //! * plain JSON: strings, booleans, `null`, objects, arrays; an integer that fits `i32` becomes an
 //!   int32, else one that fits `i64` an int64, anything else (a fraction, an exponent, `-0`, an
@@ -32,7 +34,9 @@
 //!   fractional digits truncated to milliseconds, leap seconds only at the end of a month UTC).
 //!
 //! The one deliberate difference: a document larger than MongoDB's 16 MiB limit is refused
-//! ([`ExtJsonError::TooLarge`]).
+//! ([`ExtJsonError::TooLarge`]). Errors come out as bson's route would meet them: a syntax error
+//! anywhere in the text wins over a bad wrapper, and a value replaced by a repeated key is never
+//! checked (the error path re-reads the text whole to get both right).
 //!
 //! [`write_document`] goes the other way, for test data and changelogs.
 

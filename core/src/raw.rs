@@ -205,14 +205,16 @@ impl<'a> Iterator for Elements<'a> {
             return None;
         }
         let key_start = start + 1;
-        let Some(nul) = doc[key_start..].iter().position(|&b| b == 0) else {
+        // The body ends before the document's terminating NUL.
+        let body = &doc[..doc.len() - 1];
+        let Some(nul) = body.get(key_start..).and_then(|rest| rest.iter().position(|&b| b == 0)) else {
             return self.error(key_start, "key is not NUL-terminated");
         };
-        let Ok(key) = std::str::from_utf8(&doc[key_start..key_start + nul]) else {
+        let Ok(key) = std::str::from_utf8(&body[key_start..key_start + nul]) else {
             return self.error(key_start, "key is not UTF-8");
         };
         let value_start = key_start + nul + 1;
-        let Some(size) = value_size(kind, &doc[value_start..doc.len() - 1]) else {
+        let Some(size) = body.get(value_start..).and_then(|rest| value_size(kind, rest)) else {
             return self.error(start, "value is truncated or of unknown type");
         };
         let value_end = value_start + size;
@@ -298,8 +300,18 @@ pub fn validate(doc: &[u8]) -> Result<(), RawError> {
         match element.kind {
             kind::DOCUMENT | kind::ARRAY => validate(element.value)?,
             kind::STRING | kind::JAVASCRIPT | kind::SYMBOL => {
-                if element.as_str().is_none() {
+                if string_value(element.value).is_none() {
                     return Err(RawError { offset: 0, reason: "string is not UTF-8" });
+                }
+            }
+            kind::JAVASCRIPT_WITH_SCOPE => {
+                let code_len = element.value.get(4..).and_then(read_i32).filter(|n| *n >= 1).map(|n| n as usize);
+                let scope_start = code_len.map(|n| 8 + n);
+                let ok = scope_start.is_some_and(|s| {
+                    element.value.get(4..s).and_then(string_value).is_some() && element.value.get(s..).is_some_and(|scope| validate(scope).is_ok())
+                });
+                if !ok {
+                    return Err(RawError { offset: 0, reason: "malformed code with scope" });
                 }
             }
             _ => {}

@@ -22,7 +22,7 @@ use std::io::Write;
 
 use changeflow_core::ClusterTime;
 use changeflow_operators::value::Value;
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 
 /// Writes a view's changes as JSON lines.
 pub struct ChangelogWriter<W: Write> {
@@ -39,18 +39,19 @@ impl<W: Write> ChangelogWriter<W> {
 
     /// Writes one closed time's changes (already consolidated, retractions first).
     pub fn write_changes(&mut self, time: ClusterTime, changes: &[(Vec<Value>, isize)]) -> std::io::Result<()> {
+        let mut line = String::new();
         for (row, diff) in changes {
-            let mut object = Map::new();
+            // Columns in view order, then `_time` and `_diff` (serde_json's map would sort keys).
+            line.clear();
+            line.push('{');
             for (name, value) in self.columns.iter().zip(row) {
-                object.insert(name.clone(), json_of(value));
+                line.push_str(&Json::String(name.clone()).to_string());
+                line.push(':');
+                line.push_str(&json_of(value).to_string());
+                line.push(',');
             }
-            let mut t = Map::new();
-            t.insert("t".into(), time.seconds().into());
-            t.insert("i".into(), time.increment().into());
-            object.insert("_time".into(), Json::Object(t));
-            object.insert("_diff".into(), (*diff as i64).into());
-            serde_json::to_writer(&mut self.out, &Json::Object(object))?;
-            self.out.write_all(b"\n")?;
+            line.push_str(&format!("\"_time\":{{\"t\":{},\"i\":{}}},\"_diff\":{}}}\n", time.seconds(), time.increment(), diff));
+            self.out.write_all(line.as_bytes())?;
             self.lines += 1;
         }
         Ok(())
