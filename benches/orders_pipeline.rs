@@ -77,7 +77,9 @@ struct Update<'a> {
 }
 
 /// Count and sum of cents, as one differential difference.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 struct CountSum {
     count: i64,
     cents: i64,
@@ -107,7 +109,10 @@ impl Abelian for CountSum {
 impl Multiply<isize> for CountSum {
     type Output = CountSum;
     fn multiply(self, rhs: &isize) -> CountSum {
-        CountSum { count: self.count * *rhs as i64, cents: self.cents * *rhs as i64 }
+        CountSum {
+            count: self.count * *rhs as i64,
+            cents: self.cents * *rhs as i64,
+        }
     }
 }
 
@@ -120,7 +125,10 @@ fn baseline(path: &Path) -> (u64, f64, i64) {
     let results = timely::execute_directly(move |worker| {
         let (mut input, probe, totals) = worker.dataflow::<ClusterTime, _, _>(|scope| {
             let (input, orders) = scope.new_collection::<Row, isize>();
-            let v1 = orders.clone().explode(|(region, _, cents): Row| Some((region, CountSum { count: 1, cents }))).count_total();
+            let v1 = orders
+                .clone()
+                .explode(|(region, _, cents): Row| Some((region, CountSum { count: 1, cents })))
+                .count_total();
             let v2 = orders.map(|(_, customer, _)| customer).count_total();
             let totals = std::rc::Rc::new(std::cell::Cell::new(0i64));
             let seen = totals.clone();
@@ -139,9 +147,15 @@ fn baseline(path: &Path) -> (u64, f64, i64) {
             let old = state.get(event.key.id.oid).cloned();
             let row = |f: &Fields, base: Option<&Row>| -> Row {
                 (
-                    f.region.map(str::to_owned).or_else(|| base.map(|b| b.0.clone())).unwrap_or_default(),
+                    f.region
+                        .map(str::to_owned)
+                        .or_else(|| base.map(|b| b.0.clone()))
+                        .unwrap_or_default(),
                     f.customer_id.or(base.map(|b| b.1)).unwrap_or_default(),
-                    f.amount.map(|a| (a * 100.0).round() as i64).or(base.map(|b| b.2)).unwrap_or_default(),
+                    f.amount
+                        .map(|a| (a * 100.0).round() as i64)
+                        .or(base.map(|b| b.2))
+                        .unwrap_or_default(),
                 )
             };
             let new = match event.op {
@@ -167,7 +181,7 @@ fn baseline(path: &Path) -> (u64, f64, i64) {
                 }
             }
             events += 1;
-            if events % 4096 == 0 {
+            if events.is_multiple_of(4096) {
                 input.flush();
                 while probe.less_than(input.time()) {
                     worker.step();
@@ -189,22 +203,39 @@ fn reset_peak_rss() {
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn main() {
-    let events: usize = arg("--events").and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let events: usize = arg("--events")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let runs: usize = arg("--runs").and_then(|v| v.parse().ok()).unwrap_or(3);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-data");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("bench-data");
     std::fs::create_dir_all(&dir).expect("bench dir");
     let input: PathBuf = dir.join(format!("orders-{events}.jsonl"));
     if !input.exists() {
-        let config = OrdersConfig { seed: 42, events, txn_fraction: 0.1, full_document_on_update: 0.5, ..OrdersConfig::default() };
+        let config = OrdersConfig {
+            seed: 42,
+            events,
+            txn_fraction: 0.1,
+            full_document_on_update: 0.5,
+            ..OrdersConfig::default()
+        };
         let mut out = BufWriter::new(std::fs::File::create(&input).expect("create"));
         write_json_lines(config, &mut out).expect("generate");
     }
-    let mb = std::fs::metadata(&input).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
-    println!("input: {} ({events} events, {mb:.0} MB); best of {runs} runs, one worker", input.display());
+    let mb = std::fs::metadata(&input)
+        .map(|m| m.len() as f64 / 1e6)
+        .unwrap_or(0.0);
+    println!(
+        "input: {} ({events} events, {mb:.0} MB); best of {runs} runs, one worker",
+        input.display()
+    );
 
     let (mut ours, mut base) = (0f64, 0f64);
     let (mut ours_rss, mut base_rss) = (0u64, 0u64);
@@ -219,12 +250,20 @@ fn main() {
         let base_rate = n as f64 / seconds;
         let ours_live: i64 = changeflow::jobs::orders_by_region::live_orders(&report);
         assert_eq!(live, ours_live, "both pipelines count the same live orders");
-        println!("run {run_index}: changeflow {rate:>10.0} events/s   baseline {base_rate:>10.0} events/s");
+        println!(
+            "run {run_index}: changeflow {rate:>10.0} events/s   baseline {base_rate:>10.0} events/s"
+        );
         ours = ours.max(rate);
         base = base.max(base_rate);
     }
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    println!("changeflow: {ours:.0} events/s, peak RSS {:.0} MiB", mib(ours_rss));
-    println!("baseline:   {base:.0} events/s, peak RSS {:.0} MiB", mib(base_rss));
+    println!(
+        "changeflow: {ours:.0} events/s, peak RSS {:.0} MiB",
+        mib(ours_rss)
+    );
+    println!(
+        "baseline:   {base:.0} events/s, peak RSS {:.0} MiB",
+        mib(base_rss)
+    );
     println!("ratio changeflow / baseline: {:.2}", ours / base);
 }

@@ -10,7 +10,9 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(about = "Maintains V1 (orders and amount per region) and V2 (orders per customer) over shop.orders")]
+#[command(
+    about = "Maintains V1 (orders and amount per region) and V2 (orders per customer) over shop.orders"
+)]
 struct Cli {
     #[command(flatten)]
     args: changeflow::jobs::orders_by_region::Args,

@@ -32,7 +32,11 @@ where
 /// Returns the first source failure. The worker's dataflows are then dropped without the failed
 /// source releasing its times, so nothing downstream sees a partial time (timely would
 /// otherwise keep stepping them until they complete, which they never would).
-pub fn drive(worker: &mut Worker, probe: &ProbeHandle<ClusterTime>, sources: &[Arc<SourceStatus>]) -> Result<(), String> {
+pub fn drive(
+    worker: &mut Worker,
+    probe: &ProbeHandle<ClusterTime>,
+    sources: &[Arc<SourceStatus>],
+) -> Result<(), String> {
     loop {
         if let Some(error) = sources.iter().find_map(|s| s.error()) {
             for dataflow in worker.installed_dataflows() {

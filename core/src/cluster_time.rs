@@ -37,9 +37,7 @@ use timely::progress::timestamp::{PathSummary, Refines, Timestamp};
 /// assert_eq!((t.seconds(), t.increment()), (5, 7));
 /// assert_eq!(t.to_string(), "Timestamp(5, 7)");
 /// ```
-#[derive(
-    Copy, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Copy, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ClusterTime(u64);
 
 impl ClusterTime {
@@ -177,7 +175,15 @@ mod tests {
 
     #[test]
     fn packed_order_is_lexicographic_on_t_then_i() {
-        let samples = [(0, 0), (0, 1), (0, u32::MAX), (1, 0), (7, 3), (u32::MAX, 0), (u32::MAX, u32::MAX)];
+        let samples = [
+            (0, 0),
+            (0, 1),
+            (0, u32::MAX),
+            (1, 0),
+            (7, 3),
+            (u32::MAX, 0),
+            (u32::MAX, u32::MAX),
+        ];
         for &(t1, i1) in &samples {
             for &(t2, i2) in &samples {
                 let (a, b) = (ClusterTime::new(t1, i1), ClusterTime::new(t2, i2));
@@ -191,7 +197,10 @@ mod tests {
 
     #[test]
     fn bson_timestamp_round_trip() {
-        let ts = bson::Timestamp { time: 1_666_193_824, increment: 9 };
+        let ts = bson::Timestamp {
+            time: 1_666_193_824,
+            increment: 9,
+        };
         let t = ClusterTime::from(ts);
         assert_eq!(bson::Timestamp::from(t), ts);
         assert_eq!(t.seconds(), 1_666_193_824);
@@ -200,6 +209,9 @@ mod tests {
     #[test]
     fn summary_overflow_is_none() {
         assert_eq!(ClusterTimeSummary(2).results_in(&ClusterTime::MAX), None);
-        assert_eq!(ClusterTimeSummary(u64::MAX).followed_by(&ClusterTimeSummary(1)), None);
+        assert_eq!(
+            ClusterTimeSummary(u64::MAX).followed_by(&ClusterTimeSummary(1)),
+            None
+        );
     }
 }

@@ -118,7 +118,10 @@ impl<'de> Deserialize<'de> for Document {
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Document, E> {
                 Ok(Document(v.into()))
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Document, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Document, A::Error> {
                 let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0));
                 while let Some(b) = seq.next_element::<u8>()? {
                     bytes.push(b);

@@ -42,11 +42,26 @@ impl Error {
     /// assert!(err.to_string().starts_with("in.jsonl:3"));
     /// ```
     pub fn located(self, place: &str) -> Self {
-        let prefix = |at: String| if at == "event" { place.to_string() } else { format!("{place} ({at})") };
+        let prefix = |at: String| {
+            if at == "event" {
+                place.to_string()
+            } else {
+                format!("{place} ({at})")
+            }
+        };
         match self {
-            Error::ExtendedJson { at, source } => Error::ExtendedJson { at: prefix(at), source },
-            Error::Bson { at, source } => Error::Bson { at: prefix(at), source },
-            Error::Event { at, reason } => Error::Event { at: prefix(at), reason },
+            Error::ExtendedJson { at, source } => Error::ExtendedJson {
+                at: prefix(at),
+                source,
+            },
+            Error::Bson { at, source } => Error::Bson {
+                at: prefix(at),
+                source,
+            },
+            Error::Event { at, reason } => Error::Event {
+                at: prefix(at),
+                reason,
+            },
         }
     }
 }

@@ -163,7 +163,10 @@ pub struct Namespace {
 impl Namespace {
     /// The namespace `db.coll`.
     pub fn new(db: &str, coll: Option<&str>) -> Self {
-        Namespace { db: db.into(), coll: coll.map(Into::into) }
+        Namespace {
+            db: db.into(),
+            coll: coll.map(Into::into),
+        }
     }
 }
 
@@ -193,7 +196,9 @@ pub struct TxnId {
 }
 
 /// Byte range of a located field inside the event's bytes.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 struct Span {
     start: u32,
     end: u32,
@@ -203,7 +208,11 @@ struct Span {
 impl Span {
     fn of(event: &[u8], e: &Element<'_>) -> Span {
         let start = e.value.as_ptr() as usize - event.as_ptr() as usize;
-        Span { start: start as u32, end: (start + e.value.len()) as u32, kind: e.kind }
+        Span {
+            start: start as u32,
+            end: (start + e.value.len()) as u32,
+            kind: e.kind,
+        }
     }
     fn is_set(&self) -> bool {
         self.kind != 0
@@ -261,14 +270,20 @@ impl ChangeEvent {
     /// The bytes are validated recursively; use [`ChangeEvent::from_document`] for a
     /// [`Document`] that is already known to be well-formed.
     pub fn from_bson(bytes: impl Into<Vec<u8>>) -> Result<Self, Error> {
-        let doc = Document::from_bytes(bytes).map_err(|source| Error::Bson { at: "event".into(), source })?;
+        let doc = Document::from_bytes(bytes).map_err(|source| Error::Bson {
+            at: "event".into(),
+            source,
+        })?;
         Self::from_document(doc)
     }
 
     /// Decodes an event from one line of MongoDB Extended JSON (relaxed or canonical).
     pub fn from_json(json: &[u8]) -> Result<Self, Error> {
         let mut buf = Vec::with_capacity(json.len());
-        crate::extjson::transcode(json, &mut buf).map_err(|source| Error::ExtendedJson { at: "event".into(), source })?;
+        crate::extjson::transcode(json, &mut buf).map_err(|source| Error::ExtendedJson {
+            at: "event".into(),
+            source,
+        })?;
         Self::from_document(Document::from_trusted(buf))
     }
 
@@ -283,10 +298,17 @@ impl ChangeEvent {
         let mut txn_number = None;
         let mut problem: Option<String> = None;
         for element in raw::elements(bytes) {
-            let e = element.map_err(|source| Error::Bson { at: at_of(bytes), source })?;
+            let e = element.map_err(|source| Error::Bson {
+                at: at_of(bytes),
+                source,
+            })?;
             let expect = |ok: bool, what: &str, problem: &mut Option<String>| {
                 if !ok && problem.is_none() {
-                    *problem = Some(format!("field `{}` must be {what}, found {}", e.key, type_name(e.kind)));
+                    *problem = Some(format!(
+                        "field `{}` must be {what}, found {}",
+                        e.key,
+                        type_name(e.kind)
+                    ));
                 }
                 ok
             };
@@ -294,49 +316,69 @@ impl ChangeEvent {
             let span = Span::of(bytes, &e);
             match e.key {
                 "_id" => fields.id = span,
-                "operationType" => {
-                    if expect(e.kind == kind::STRING, "a string", &mut problem) {
-                        operation = e.as_str().map(OperationType::parse);
-                    }
+                "operationType" if expect(e.kind == kind::STRING, "a string", &mut problem) => {
+                    operation = e.as_str().map(OperationType::parse);
                 }
-                "clusterTime" => {
-                    if expect(e.kind == kind::TIMESTAMP, "a timestamp", &mut problem) {
-                        cluster_time = e.as_timestamp().map(|(t, i)| ClusterTime::new(t, i));
-                    }
+                "clusterTime" if expect(e.kind == kind::TIMESTAMP, "a timestamp", &mut problem) => {
+                    cluster_time = e.as_timestamp().map(|(t, i)| ClusterTime::new(t, i));
                 }
-                "ns" => {
-                    if expect(is_doc, "a document", &mut problem) {
-                        namespace = Some(parse_namespace(e.value).ok_or_else(|| Error::Event {
+                "ns" if expect(is_doc, "a document", &mut problem) => {
+                    namespace = Some(parse_namespace(e.value).ok_or_else(|| {
+                        Error::Event {
                             at: at_of(bytes),
-                            reason: "field `ns` must hold a string `db` and optionally a string `coll`".into(),
-                        })?);
-                    }
+                            reason:
+                                "field `ns` must hold a string `db` and optionally a string `coll`"
+                                    .into(),
+                        }
+                    })?);
                 }
-                "documentKey" if expect(is_doc, "a document", &mut problem) => fields.document_key = span,
-                "fullDocument" if e.kind != kind::NULL && expect(is_doc, "a document or null", &mut problem) => {
+                "documentKey" if expect(is_doc, "a document", &mut problem) => {
+                    fields.document_key = span
+                }
+                "fullDocument"
+                    if e.kind != kind::NULL
+                        && expect(is_doc, "a document or null", &mut problem) =>
+                {
                     fields.full_document = span
                 }
-                "fullDocumentBeforeChange" if e.kind != kind::NULL && expect(is_doc, "a document or null", &mut problem) => {
+                "fullDocumentBeforeChange"
+                    if e.kind != kind::NULL
+                        && expect(is_doc, "a document or null", &mut problem) =>
+                {
                     fields.before = span
                 }
-                "updateDescription" if expect(is_doc, "a document", &mut problem) => fields.update_description = span,
+                "updateDescription" if expect(is_doc, "a document", &mut problem) => {
+                    fields.update_description = span
+                }
                 "to" if expect(is_doc, "a document", &mut problem) => fields.to = span,
                 "wallTime" => fields.wall_time = span,
                 "collectionUUID" => fields.collection_uuid = span,
-                "splitEvent" if expect(is_doc, "a document", &mut problem) => fields.split_event = span,
+                "splitEvent" if expect(is_doc, "a document", &mut problem) => {
+                    fields.split_event = span
+                }
                 "operationDescription" => fields.operation_description = span,
                 "lsid" if expect(is_doc, "a document", &mut problem) => lsid = Some(e.value),
-                "txnNumber" => {
-                    if expect(e.kind == kind::INT64 || e.kind == kind::INT32, "a long", &mut problem) {
-                        txn_number = e.as_i64();
-                    }
+                "txnNumber"
+                    if expect(
+                        e.kind == kind::INT64 || e.kind == kind::INT32,
+                        "a long",
+                        &mut problem,
+                    ) =>
+                {
+                    txn_number = e.as_i64();
                 }
                 _ => {}
             }
         }
-        let missing = |name: &str| Error::Event { at: at_of(bytes), reason: format!("missing field `{name}`") };
+        let missing = |name: &str| Error::Event {
+            at: at_of(bytes),
+            reason: format!("missing field `{name}`"),
+        };
         if let Some(reason) = problem {
-            return Err(Error::Event { at: at_of(bytes), reason });
+            return Err(Error::Event {
+                at: at_of(bytes),
+                reason,
+            });
         }
         if !fields.id.is_set() {
             return Err(missing("_id"));
@@ -344,33 +386,55 @@ impl ChangeEvent {
         let operation = operation.ok_or_else(|| missing("operationType"))?;
         let cluster_time = cluster_time.ok_or_else(|| missing("clusterTime"))?;
         let txn = match (lsid, txn_number) {
-            (Some(lsid), Some(txn_number)) => Some(TxnId { lsid: Document::from_trusted(lsid), txn_number }),
+            (Some(lsid), Some(txn_number)) => Some(TxnId {
+                lsid: Document::from_trusted(lsid),
+                txn_number,
+            }),
             (None, None) => None,
             _ => {
-                return Err(Error::Event { at: at_of(bytes), reason: "`lsid` and `txnNumber` must appear together".into() });
+                return Err(Error::Event {
+                    at: at_of(bytes),
+                    reason: "`lsid` and `txnNumber` must appear together".into(),
+                });
             }
         };
         if operation.is_document_change() && !fields.document_key.is_set() {
             return Err(missing("documentKey"));
         }
-        if operation == OperationType::Update && !fields.update_description.is_set() && !fields.full_document.is_set() {
+        if operation == OperationType::Update
+            && !fields.update_description.is_set()
+            && !fields.full_document.is_set()
+        {
             return Err(missing("updateDescription"));
         }
-        if matches!(operation, OperationType::Insert | OperationType::Replace) && !fields.full_document.is_set() {
+        if matches!(operation, OperationType::Insert | OperationType::Replace)
+            && !fields.full_document.is_set()
+        {
             return Err(missing("fullDocument"));
         }
-        Ok(ChangeEvent { cluster_time, operation, namespace, txn, fields, raw })
+        Ok(ChangeEvent {
+            cluster_time,
+            operation,
+            namespace,
+            txn,
+            fields,
+            raw,
+        })
     }
 
     fn span(&self, span: Span) -> Option<&[u8]> {
-        span.is_set().then(|| &self.raw.as_bytes()[span.start as usize..span.end as usize])
+        span.is_set()
+            .then(|| &self.raw.as_bytes()[span.start as usize..span.end as usize])
     }
 
     fn span_document(&self, span: Span) -> Option<Result<Document, Error>> {
         let bytes = self.span(span)?;
         Some(match raw::validate(bytes) {
             Ok(()) => Ok(Document::from_trusted(bytes)),
-            Err(source) => Err(Error::Bson { at: self.describe(), source }),
+            Err(source) => Err(Error::Bson {
+                at: self.describe(),
+                source,
+            }),
         })
     }
 
@@ -425,7 +489,10 @@ impl ChangeEvent {
     /// The `documentKey._id` value as a one-field element (type byte and encoded value).
     pub fn document_id(&self) -> Option<(u8, &[u8])> {
         let key = self.document_key_bytes()?;
-        raw::get(key, "_id").ok().flatten().map(|e| (e.kind, e.value))
+        raw::get(key, "_id")
+            .ok()
+            .flatten()
+            .map(|e| (e.kind, e.value))
     }
     /// `fullDocument`, if present and not null.
     pub fn full_document(&self) -> Option<Result<Document, Error>> {
@@ -455,7 +522,12 @@ impl ChangeEvent {
     /// `wallTime` in milliseconds since the epoch, if present.
     pub fn wall_time_millis(&self) -> Option<i64> {
         let span = self.fields.wall_time;
-        (span.kind == kind::DATETIME).then(|| self.span(span).and_then(|b| Some(i64::from_le_bytes(b.try_into().ok()?)))).flatten()
+        (span.kind == kind::DATETIME)
+            .then(|| {
+                self.span(span)
+                    .and_then(|b| Some(i64::from_le_bytes(b.try_into().ok()?)))
+            })
+            .flatten()
     }
     /// `collectionUUID` as raw binary value bytes, if present.
     pub fn collection_uuid_bytes(&self) -> Option<&[u8]> {
@@ -486,7 +558,10 @@ impl fmt::Debug for ChangeEvent {
         f.debug_struct("ChangeEvent")
             .field("operation", &self.operation)
             .field("cluster_time", &self.cluster_time)
-            .field("namespace", &self.namespace.as_ref().map(|ns| ns.to_string()))
+            .field(
+                "namespace",
+                &self.namespace.as_ref().map(|ns| ns.to_string()),
+            )
             .field("token", &self.token_data())
             .finish()
     }
@@ -567,11 +642,22 @@ mod tests {
     #[test]
     fn errors_name_the_token_and_the_field() {
         let no_time = event(r#"{"_id": {"_data": "82AB"}, "operationType": "insert", "documentKey": {"_id": 1}, "fullDocument": {"_id": 1}}"#).unwrap_err();
-        assert_eq!(no_time.to_string(), "token 82AB: missing field `clusterTime`");
+        assert_eq!(
+            no_time.to_string(),
+            "token 82AB: missing field `clusterTime`"
+        );
         let bad_type = event(r#"{"_id": {"_data": "82AB"}, "operationType": 3, "clusterTime": {"$timestamp": {"t": 1, "i": 1}}}"#).unwrap_err();
-        assert!(bad_type.to_string().contains("`operationType` must be a string, found int"), "{bad_type}");
+        assert!(
+            bad_type
+                .to_string()
+                .contains("`operationType` must be a string, found int"),
+            "{bad_type}"
+        );
         let no_id = event(r#"{"operationType": "insert"}"#).unwrap_err();
-        assert!(no_id.to_string().starts_with("event without `_id`"), "{no_id}");
+        assert!(
+            no_id.to_string().starts_with("event without `_id`"),
+            "{no_id}"
+        );
         let no_full = event(r#"{"_id": {"_data": "82AB"}, "operationType": "insert", "clusterTime": {"$timestamp": {"t": 1, "i": 1}}, "documentKey": {"_id": 1}}"#).unwrap_err();
         assert!(no_full.to_string().contains("missing field `fullDocument`"));
         let half_txn = event(r#"{"_id": {"_data": "82AB"}, "operationType": "drop", "clusterTime": {"$timestamp": {"t": 1, "i": 1}}, "txnNumber": 1}"#).unwrap_err();

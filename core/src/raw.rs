@@ -142,8 +142,18 @@ fn string_value(value: &[u8]) -> Option<&str> {
 /// ```
 pub fn elements(doc: &[u8]) -> Elements<'_> {
     match doc_len(doc) {
-        Ok(len) if len == doc.len() && doc[len - 1] == 0 => Elements { doc, pos: 4, failed: false },
-        Ok(_) => Elements::failing(doc, RawError { offset: 0, reason: "length prefix does not match the data" }),
+        Ok(len) if len == doc.len() && doc[len - 1] == 0 => Elements {
+            doc,
+            pos: 4,
+            failed: false,
+        },
+        Ok(_) => Elements::failing(
+            doc,
+            RawError {
+                offset: 0,
+                reason: "length prefix does not match the data",
+            },
+        ),
         Err(e) => Elements::failing(doc, e),
     }
 }
@@ -152,10 +162,16 @@ fn doc_len(doc: &[u8]) -> Result<usize, RawError> {
     let prefix: [u8; 4] = doc
         .get(..4)
         .and_then(|b| b.try_into().ok())
-        .ok_or(RawError { offset: 0, reason: "shorter than a length prefix" })?;
+        .ok_or(RawError {
+            offset: 0,
+            reason: "shorter than a length prefix",
+        })?;
     let len = i32::from_le_bytes(prefix);
     if len < 5 {
-        return Err(RawError { offset: 0, reason: "length prefix below 5" });
+        return Err(RawError {
+            offset: 0,
+            reason: "length prefix below 5",
+        });
     }
     Ok(len as usize)
 }
@@ -171,10 +187,18 @@ pub struct Elements<'a> {
 impl<'a> Elements<'a> {
     fn failing(doc: &'a [u8], _e: RawError) -> Self {
         // `pos == usize::MAX` marks "report the framing error once".
-        Elements { doc, pos: usize::MAX, failed: false }
+        Elements {
+            doc,
+            pos: usize::MAX,
+            failed: false,
+        }
     }
 
-    fn error(&mut self, offset: usize, reason: &'static str) -> Option<Result<Element<'a>, RawError>> {
+    fn error(
+        &mut self,
+        offset: usize,
+        reason: &'static str,
+    ) -> Option<Result<Element<'a>, RawError>> {
         self.failed = true;
         Some(Err(RawError { offset, reason }))
     }
@@ -207,19 +231,29 @@ impl<'a> Iterator for Elements<'a> {
         let key_start = start + 1;
         // The body ends before the document's terminating NUL.
         let body = &doc[..doc.len() - 1];
-        let Some(nul) = body.get(key_start..).and_then(|rest| rest.iter().position(|&b| b == 0)) else {
+        let Some(nul) = body
+            .get(key_start..)
+            .and_then(|rest| rest.iter().position(|&b| b == 0))
+        else {
             return self.error(key_start, "key is not NUL-terminated");
         };
         let Ok(key) = std::str::from_utf8(&body[key_start..key_start + nul]) else {
             return self.error(key_start, "key is not UTF-8");
         };
         let value_start = key_start + nul + 1;
-        let Some(size) = body.get(value_start..).and_then(|rest| value_size(kind, rest)) else {
+        let Some(size) = body
+            .get(value_start..)
+            .and_then(|rest| value_size(kind, rest))
+        else {
             return self.error(start, "value is truncated or of unknown type");
         };
         let value_end = value_start + size;
         self.pos = value_end;
-        Some(Ok(Element { kind, key, value: &doc[value_start..value_end] }))
+        Some(Ok(Element {
+            kind,
+            key,
+            value: &doc[value_start..value_end],
+        }))
     }
 }
 
@@ -299,19 +333,34 @@ pub fn validate(doc: &[u8]) -> Result<(), RawError> {
         let element = element?;
         match element.kind {
             kind::DOCUMENT | kind::ARRAY => validate(element.value)?,
-            kind::STRING | kind::JAVASCRIPT | kind::SYMBOL => {
-                if string_value(element.value).is_none() {
-                    return Err(RawError { offset: 0, reason: "string is not UTF-8" });
-                }
+            kind::STRING | kind::JAVASCRIPT | kind::SYMBOL
+                if string_value(element.value).is_none() =>
+            {
+                return Err(RawError {
+                    offset: 0,
+                    reason: "string is not UTF-8",
+                });
             }
             kind::JAVASCRIPT_WITH_SCOPE => {
-                let code_len = element.value.get(4..).and_then(read_i32).filter(|n| *n >= 1).map(|n| n as usize);
+                let code_len = element
+                    .value
+                    .get(4..)
+                    .and_then(read_i32)
+                    .filter(|n| *n >= 1)
+                    .map(|n| n as usize);
                 let scope_start = code_len.map(|n| 8 + n);
                 let ok = scope_start.is_some_and(|s| {
-                    element.value.get(4..s).and_then(string_value).is_some() && element.value.get(s..).is_some_and(|scope| validate(scope).is_ok())
+                    element.value.get(4..s).and_then(string_value).is_some()
+                        && element
+                            .value
+                            .get(s..)
+                            .is_some_and(|scope| validate(scope).is_ok())
                 });
                 if !ok {
-                    return Err(RawError { offset: 0, reason: "malformed code with scope" });
+                    return Err(RawError {
+                        offset: 0,
+                        reason: "malformed code with scope",
+                    });
                 }
             }
             _ => {}
@@ -366,7 +415,8 @@ impl DocWriter {
         self.buf.push(kind::STRING);
         self.buf.extend_from_slice(key.as_bytes());
         self.buf.push(0);
-        self.buf.extend_from_slice(&(value.len() as i32 + 1).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(value.len() as i32 + 1).to_le_bytes());
         self.buf.extend_from_slice(value.as_bytes());
         self.buf.push(0);
     }
@@ -396,20 +446,31 @@ mod tests {
             "min": bson::Bson::MinKey, "max": bson::Bson::MaxKey,
         };
         let bytes = doc.to_vec().unwrap();
-        let ours: Vec<(u8, String)> = elements(&bytes).map(|e| e.map(|e| (e.kind, e.key.to_owned()))).collect::<Result<_, _>>().unwrap();
+        let ours: Vec<(u8, String)> = elements(&bytes)
+            .map(|e| e.map(|e| (e.kind, e.key.to_owned())))
+            .collect::<Result<_, _>>()
+            .unwrap();
         let theirs: Vec<(u8, String)> = bson::RawDocument::from_bytes(&bytes)
             .unwrap()
             .iter_elements()
-            .map(|e| e.map(|e| (e.element_type() as u8, e.key().as_str().to_owned())).unwrap())
+            .map(|e| {
+                e.map(|e| (e.element_type() as u8, e.key().as_str().to_owned()))
+                    .unwrap()
+            })
             .collect();
         assert_eq!(ours, theirs);
         validate(&bytes).unwrap();
-        assert_eq!(get(&bytes, "ts").unwrap().unwrap().as_timestamp(), Some((1, 2)));
+        assert_eq!(
+            get(&bytes, "ts").unwrap().unwrap().as_timestamp(),
+            Some((1, 2))
+        );
     }
 
     #[test]
     fn truncated_documents_error_without_panicking() {
-        let bytes = bson::doc! { "a": "hello", "b": { "c": [1, 2, 3] } }.to_vec().unwrap();
+        let bytes = bson::doc! { "a": "hello", "b": { "c": [1, 2, 3] } }
+            .to_vec()
+            .unwrap();
         for cut in 0..bytes.len() {
             let mut broken = bytes[..cut].to_vec();
             if broken.len() >= 4 {

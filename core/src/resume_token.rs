@@ -58,7 +58,10 @@ impl ResumeToken {
 
 /// The `_data` string of a raw `_id` document, if it has one.
 pub(crate) fn data_of(id: &[u8]) -> Option<&str> {
-    raw::get(id, "_data").ok().flatten().and_then(|e| e.as_str())
+    raw::get(id, "_data")
+        .ok()
+        .flatten()
+        .and_then(|e| e.as_str())
 }
 
 /// Decodes the cluster time from a `_data` hex string: `82`, then `t` and `i` as 8 hex digits
@@ -128,7 +131,12 @@ mod tests {
         let late = ResumeToken::from_data("82000000010000000204");
         let later_lower_case = ResumeToken::from_data("82000000010000000a04");
         let opaque = ResumeToken::from_document(Document::from_trusted(bson::rawdoc! { "_data": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![1] } }.into_bytes()));
-        let mut tokens = vec![opaque.clone(), later_lower_case.clone(), late.clone(), early.clone()];
+        let mut tokens = vec![
+            opaque.clone(),
+            later_lower_case.clone(),
+            late.clone(),
+            early.clone(),
+        ];
         tokens.sort();
         assert_eq!(tokens, vec![early, late, later_lower_case, opaque.clone()]);
         assert_eq!(opaque.cluster_time(), None);

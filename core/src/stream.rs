@@ -15,4 +15,5 @@
 use crate::{ChangeEvent, ClusterTime};
 
 /// A timely stream of change events with their dataflow times (see the module docs).
-pub type EventStream<'scope> = timely::dataflow::Stream<'scope, ClusterTime, Vec<(ChangeEvent, ClusterTime)>>;
+pub type EventStream<'scope> =
+    timely::dataflow::Stream<'scope, ClusterTime, Vec<(ChangeEvent, ClusterTime)>>;

@@ -40,7 +40,6 @@
 //! Events are stashed by time ([`crate::stash`]); the operator holds one capability at the least
 //! stashed time and emits a time's changes once the input frontier has passed it.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -48,13 +47,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use changeflow_core::raw::{self, kind};
 use changeflow_core::{ChangeEvent, ClusterTime, Document, EventStream, Namespace, OperationType};
-use differential_dataflow::collection::AsCollection;
 use differential_dataflow::VecCollection;
+use differential_dataflow::collection::AsCollection;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Exchange;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Map;
 
+use crate::fxhash::FxHashMap;
 use crate::stash::TimeStash;
 use crate::update::apply_update;
 
@@ -78,7 +78,11 @@ impl DocKey {
     pub fn new(ns: &str, id: &bson::Bson) -> Self {
         let doc = bson::doc! { "_id": id.clone() };
         let bytes = doc.to_vec().unwrap_or_default();
-        let (k, value) = raw::get(&bytes, "_id").ok().flatten().map(|e| (e.kind, e.value.to_vec())).unwrap_or((kind::NULL, Vec::new()));
+        let (k, value) = raw::get(&bytes, "_id")
+            .ok()
+            .flatten()
+            .map(|e| (e.kind, e.value.to_vec()))
+            .unwrap_or((kind::NULL, Vec::new()));
         DocKey::from_parts(ns.into(), k, &value)
     }
     fn from_parts(ns: Arc<str>, k: u8, value: &[u8]) -> Self {
@@ -93,7 +97,10 @@ impl DocKey {
     }
     /// The `_id` as a BSON type byte and its encoded value.
     pub fn id(&self) -> (u8, &[u8]) {
-        (self.id.first().copied().unwrap_or(kind::NULL), self.id.get(1..).unwrap_or(&[]))
+        (
+            self.id.first().copied().unwrap_or(kind::NULL),
+            self.id.get(1..).unwrap_or(&[]),
+        )
     }
     /// The `_id` as relaxed Extended JSON.
     pub fn id_json(&self) -> String {
@@ -102,10 +109,10 @@ impl DocKey {
         w.append(k, "_id", value);
         let doc = Document::from_trusted(w.finish());
         let json = doc.to_relaxed_json();
-        json.strip_prefix("{\"_id\":").and_then(|s| s.strip_suffix('}')).unwrap_or(&json).to_string()
-    }
-    fn with_ns(&self, ns: Arc<str>) -> Self {
-        DocKey { ns, id: Arc::clone(&self.id) }
+        json.strip_prefix("{\"_id\":")
+            .and_then(|s| s.strip_suffix('}'))
+            .unwrap_or(&json)
+            .to_string()
     }
 }
 
@@ -211,83 +218,140 @@ fn route(event: &ChangeEvent) -> Option<u64> {
 ///     ("s.o/1".to_string(), Some(2), ClusterTime::new(2, 1), 1),
 /// ]);
 /// ```
-pub fn document_state<'scope>(events: EventStream<'scope>, stats: Arc<DocumentStats>) -> Documents<'scope> {
+pub fn document_state<'scope>(
+    events: EventStream<'scope>,
+    stats: Arc<DocumentStats>,
+) -> Documents<'scope> {
     let peers = events.scope().peers() as u64;
-    let routed = events.flat_map(move |(event, time)| {
-        let targets: Vec<(u64, (ChangeEvent, ClusterTime))> = match route(&event) {
-            Some(h) if event.operation().is_document_change() => vec![(h, (event, time))],
-            _ if peers == 1 => vec![(0, (event, time))],
-            _ => (0..peers).map(|w| (w, (event.clone(), time))).collect(),
-        };
-        targets
-    });
-    routed
-        .unary_frontier(Exchange::new(|(r, _): &(u64, (ChangeEvent, ClusterTime))| *r), "DocumentState", move |_, _| {
-            let mut stash: TimeStash<ChangeEvent> = TimeStash::new();
-            let mut state = State::default();
-            move |(input, frontier), output| {
+    // Document changes go to the worker owning their key; namespace-wide events to every worker.
+    let routed = events.unary::<CapacityContainerBuilder<Vec<Routed>>, _, _, _>(
+        Pipeline,
+        "RouteByKey",
+        move |_, _| {
+            move |input, output| {
                 input.for_each(|cap, data| {
-                    stash.stash(&cap, 0, data.drain(..).map(|(_, (e, t))| (t, e)));
-                });
-                if let Some((cap, closed)) = stash.take_closed(frontier) {
                     let mut session = output.session(&cap);
-                    for (time, mut events) in closed {
-                        events.sort_by(|a, b| a.cmp_token(b));
-                        for (key, doc, diff) in state.apply_time(&events, &stats) {
-                            session.give(((key, doc), time, diff));
+                    for (event, time) in data.drain(..) {
+                        match route(&event) {
+                            Some(h) if event.operation().is_document_change() => {
+                                session.give((h, (event, time)))
+                            }
+                            _ => {
+                                for w in 1..peers {
+                                    session.give((w, (event.clone(), time)));
+                                }
+                                session.give((0, (event, time)));
+                            }
+                        }
+                    }
+                });
+            }
+        },
+    );
+    routed
+        .unary_frontier(
+            Exchange::new(|(r, _): &Routed| *r),
+            "DocumentState",
+            move |_, _| {
+                let mut stash: TimeStash<ChangeEvent> = TimeStash::new();
+                let mut state = State::default();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        stash.stash(&cap, 0, data.drain(..).map(|(_, (e, t))| (t, e)));
+                    });
+                    if let Some(closed) = stash.take_closed(frontier) {
+                        let mut session = output.session(&closed.cap);
+                        let mut records = closed.records;
+                        for chunk in records.chunk_by_mut(|a, b| a.0 == b.0) {
+                            let time = chunk[0].0;
+                            if chunk.len() > 1 {
+                                chunk.sort_by(|a, b| a.1.cmp_token(&b.1));
+                            }
+                            for (_, event) in chunk.iter() {
+                                state.apply(event, &stats);
+                            }
+                            state.drain_changes(|key, doc, diff| {
+                                session.give(((key, doc), time, diff))
+                            });
                         }
                     }
                 }
-            }
-        })
+            },
+        )
         .as_collection()
 }
 
-/// One worker's document versions.
+/// An event with the worker it is routed to.
+type Routed = (u64, (ChangeEvent, ClusterTime));
+
+/// A document's `_id`: its type byte and encoded value, shared with every [`DocKey`] of it.
+type Id = Arc<[u8]>;
+
+/// A namespace's database and collection, as decoded from an event.
+type NamespaceParts = (Arc<str>, Option<Arc<str>>);
+
+/// One worker's document versions, and the versions before the time being applied.
 #[derive(Default)]
 struct State {
-    docs: HashMap<Arc<str>, HashMap<DocKey, Document>>,
-    names: HashMap<(Arc<str>, Option<Arc<str>>), Arc<str>>,
+    docs: FxHashMap<Arc<str>, FxHashMap<Id, Document>>,
+    names: FxHashMap<NamespaceParts, Arc<str>>,
+    /// Keys touched in the current time, with their version before it.
+    before: FxHashMap<(Arc<str>, Id), Option<Document>>,
+    id_buf: Vec<u8>,
 }
 
 impl State {
     fn ns_name(&mut self, ns: &Namespace) -> Arc<str> {
-        let key = (Arc::clone(&ns.db), ns.coll.clone());
-        Arc::clone(self.names.entry(key).or_insert_with(|| ns.to_string().into()))
+        if let Some(name) = self.names.get(&(Arc::clone(&ns.db), ns.coll.clone())) {
+            return Arc::clone(name);
+        }
+        let name: Arc<str> = ns.to_string().into();
+        self.names
+            .insert((Arc::clone(&ns.db), ns.coll.clone()), Arc::clone(&name));
+        name
     }
 
-    /// Applies one closed time's events (in token order) and returns the net changes.
-    fn apply_time(&mut self, events: &[ChangeEvent], stats: &DocumentStats) -> Vec<(DocKey, Document, isize)> {
-        let mut before: HashMap<DocKey, Option<Document>> = HashMap::new();
-        for event in events {
-            self.apply(event, stats, &mut before);
-        }
-        let mut changes = Vec::new();
-        for (key, old) in before {
-            let new = self.docs.get(&key.ns).and_then(|m| m.get(&key)).cloned();
+    /// Emits the net change of every key touched since the last call.
+    fn drain_changes(&mut self, mut emit: impl FnMut(DocKey, Document, isize)) {
+        for ((ns, id), old) in self.before.drain() {
+            let new = self.docs.get(&ns).and_then(|m| m.get(&id)).cloned();
             if old == new {
                 continue;
             }
+            let key = DocKey { ns, id };
             if let Some(old) = old {
-                changes.push((key.clone(), old, -1));
+                emit(key.clone(), old, -1);
             }
             if let Some(new) = new {
-                changes.push((key, new, 1));
+                emit(key, new, 1);
             }
         }
-        changes
     }
 
-    fn set(&mut self, key: DocKey, doc: Option<Document>, before: &mut HashMap<DocKey, Option<Document>>) {
-        let docs = self.docs.entry(Arc::clone(&key.ns)).or_default();
-        let old = match doc {
-            Some(doc) => docs.insert(key.clone(), doc),
-            None => docs.remove(&key),
+    /// Sets (or with `None` removes) the version of `id` in `ns`, remembering the version before
+    /// the current time.
+    fn set(&mut self, ns: &Arc<str>, id: &[u8], doc: Option<Document>) {
+        let docs = self.docs.entry(Arc::clone(ns)).or_default();
+        let (key, old) = match (docs.get_key_value(id).map(|(k, _)| Arc::clone(k)), doc) {
+            (Some(key), Some(doc)) => {
+                let old = docs.insert(Arc::clone(&key), doc);
+                (key, old)
+            }
+            (Some(key), None) => {
+                let old = docs.remove(id);
+                (key, old)
+            }
+            (None, Some(doc)) => {
+                let key: Id = id.into();
+                docs.insert(Arc::clone(&key), doc);
+                (key, None)
+            }
+            (None, None) => (id.into(), None),
         };
-        before.entry(key).or_insert(old);
+        self.before.entry((Arc::clone(ns), key)).or_insert(old);
     }
 
-    fn apply(&mut self, event: &ChangeEvent, stats: &DocumentStats, before: &mut HashMap<DocKey, Option<Document>>) {
+    fn apply(&mut self, event: &ChangeEvent, stats: &DocumentStats) {
         let op = event.operation();
         let Some(ns) = event.namespace() else {
             if op.is_unknown() {
@@ -296,19 +360,24 @@ impl State {
             return;
         };
         let ns_name = self.ns_name(ns);
-        let key = || event.document_id().map(|(k, v)| DocKey::from_parts(Arc::clone(&ns_name), k, v));
+        let mut id = std::mem::take(&mut self.id_buf);
+        id.clear();
+        if let Some((k, v)) = event.document_id() {
+            id.push(k);
+            id.extend_from_slice(v);
+        }
+        let has_id = !id.is_empty();
         match op {
             OperationType::Insert | OperationType::Replace => {
-                if let (Some(key), Some(Ok(doc))) = (key(), event.full_document()) {
-                    self.set(key, Some(doc), before);
+                if let (true, Some(Ok(doc))) = (has_id, event.full_document()) {
+                    self.set(&ns_name, &id, Some(doc));
                     DocumentStats::bump(&stats.applied);
                 } else {
                     DocumentStats::bump(&stats.unapplied);
                 }
             }
-            OperationType::Update => {
-                let Some(key) = key() else { return DocumentStats::bump(&stats.unapplied) };
-                let previous = self.docs.get(&ns_name).and_then(|m| m.get(&key)).cloned();
+            OperationType::Update if has_id => {
+                let previous = self.docs.get(&ns_name).and_then(|m| m.get(id.as_slice()));
                 let delta = event.update_description_bytes();
                 let post_image = || event.full_document().and_then(Result::ok);
                 let next = match (previous, delta) {
@@ -324,53 +393,61 @@ impl State {
                             let pre = event.full_document_before_change_bytes()?;
                             apply_update(pre, delta).ok().map(Document::from_trusted)
                         });
-                        match from_pre_image.or_else(post_image) {
-                            Some(doc) => Some(doc),
-                            None => {
-                                DocumentStats::bump(&stats.unapplied);
-                                None
-                            }
+                        let found = from_pre_image.or_else(post_image);
+                        if found.is_none() {
+                            DocumentStats::bump(&stats.unapplied);
                         }
+                        found
                     }
                 };
                 if next.is_some() {
                     DocumentStats::bump(&stats.applied);
                 }
-                self.set(key, next, before);
+                self.set(&ns_name, &id, next);
             }
-            OperationType::Delete => {
-                let Some(key) = key() else { return };
-                let known = self.docs.get(&ns_name).is_some_and(|m| m.contains_key(&key));
+            OperationType::Update => DocumentStats::bump(&stats.unapplied),
+            OperationType::Delete if has_id => {
+                let known = self
+                    .docs
+                    .get(&ns_name)
+                    .is_some_and(|m| m.contains_key(id.as_slice()));
                 if !known {
                     DocumentStats::bump(&stats.deletes_of_unknown);
                 }
-                self.set(key, None, before);
+                self.set(&ns_name, &id, None);
                 DocumentStats::bump(&stats.applied);
             }
-            OperationType::Drop => self.retract_namespaces(|ns| *ns == *ns_name, before),
+            OperationType::Drop => self.retract_namespaces(|ns| *ns == *ns_name),
             OperationType::DropDatabase => {
                 let prefix = format!("{}.", ns.db);
-                self.retract_namespaces(|ns| ns.starts_with(&prefix), before)
+                self.retract_namespaces(|ns| ns.starts_with(&prefix))
             }
-            OperationType::Rename => {
-                let Some(to) = event.to() else { return DocumentStats::bump(&stats.unapplied) };
-                let target = self.ns_name(&to);
-                let moved = self.docs.remove(&ns_name).unwrap_or_default();
-                for (key, doc) in moved {
-                    before.entry(key.clone()).or_insert(Some(doc.clone()));
-                    self.set(key.with_ns(Arc::clone(&target)), Some(doc), before);
+            OperationType::Rename => match event.to() {
+                Some(to) => {
+                    let target = self.ns_name(&to);
+                    let moved = self.docs.remove(&ns_name).unwrap_or_default();
+                    for (id, doc) in moved {
+                        self.before
+                            .entry((Arc::clone(&ns_name), Arc::clone(&id)))
+                            .or_insert(Some(doc.clone()));
+                        self.set(&target, &id, Some(doc));
+                    }
                 }
-            }
+                None => DocumentStats::bump(&stats.unapplied),
+            },
             other if other.is_unknown() => DocumentStats::bump(&stats.unknown_operations),
             _ => {}
         }
+        self.id_buf = id;
     }
 
-    fn retract_namespaces(&mut self, matches: impl Fn(&str) -> bool, before: &mut HashMap<DocKey, Option<Document>>) {
+    fn retract_namespaces(&mut self, matches: impl Fn(&str) -> bool) {
         let doomed: Vec<Arc<str>> = self.docs.keys().filter(|ns| matches(ns)).cloned().collect();
         for ns in doomed {
-            for (key, doc) in self.docs.remove(&ns).unwrap_or_default() {
-                before.entry(key).or_insert(Some(doc));
+            for (id, doc) in self.docs.remove(&ns).unwrap_or_default() {
+                self.before
+                    .entry((Arc::clone(&ns), id))
+                    .or_insert(Some(doc));
             }
         }
     }

@@ -32,34 +32,52 @@ use crate::stash::TimeStash;
 /// Calls `callback(time, changes)` for every closed time with changes, in time order, on worker
 /// 0; `changes` are consolidated, retractions before insertions, each group sorted by row.
 /// `on_frontier(frontier)` is told each time the closed frontier moves (`None`: complete).
-pub fn on_closed_times<'scope, D, F, G>(view: VecCollection<'scope, ClusterTime, D, isize>, mut callback: F, mut on_frontier: G)
-where
+pub fn on_closed_times<'scope, D, F, G>(
+    view: VecCollection<'scope, ClusterTime, D, isize>,
+    mut callback: F,
+    mut on_frontier: G,
+) where
     D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static,
     F: FnMut(ClusterTime, &[(D, isize)]) + 'static,
     G: FnMut(Option<ClusterTime>) + 'static,
 {
     view.inner
-        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(Exchange::new(|_: &(D, ClusterTime, isize)| 0), "ClosedTimes", move |_, _| {
-            let mut stash: TimeStash<(D, isize)> = TimeStash::new();
-            let mut reported: Option<Option<ClusterTime>> = None;
-            move |(input, frontier), _output| {
-                input.for_each(|cap, data| stash.stash(&cap, 0, data.drain(..).map(|(d, t, r)| (t, (d, r)))));
-                if let Some((_cap, closed)) = stash.take_closed(frontier) {
-                    for (time, mut changes) in closed {
-                        consolidate(&mut changes);
-                        changes.sort_by(|a, b| (a.1 > 0).cmp(&(b.1 > 0)).then_with(|| a.0.cmp(&b.0)));
-                        if !changes.is_empty() {
-                            callback(time, &changes);
+        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Exchange::new(|_: &(D, ClusterTime, isize)| 0),
+            "ClosedTimes",
+            move |_, _| {
+                let mut stash: TimeStash<(D, isize)> = TimeStash::new();
+                let mut reported: Option<Option<ClusterTime>> = None;
+                move |(input, frontier), _output| {
+                    input.for_each(|cap, data| {
+                        stash.stash(&cap, 0, data.drain(..).map(|(d, t, r)| (t, (d, r))))
+                    });
+                    if let Some(closed) = stash.take_closed(frontier) {
+                        let mut changes = Vec::new();
+                        let mut records = closed.records.into_iter().peekable();
+                        while let Some((time, change)) = records.next() {
+                            changes.clear();
+                            changes.push(change);
+                            while let Some((_, next)) = records.next_if(|(t, _)| *t == time) {
+                                changes.push(next);
+                            }
+                            consolidate(&mut changes);
+                            changes.sort_by(|a, b| {
+                                (a.1 > 0).cmp(&(b.1 > 0)).then_with(|| a.0.cmp(&b.0))
+                            });
+                            if !changes.is_empty() {
+                                callback(time, &changes);
+                            }
                         }
                     }
+                    let now = frontier.frontier().iter().next().copied();
+                    if reported != Some(now) {
+                        reported = Some(now);
+                        on_frontier(now);
+                    }
                 }
-                let now = frontier.frontier().iter().next().copied();
-                if reported != Some(now) {
-                    reported = Some(now);
-                    on_frontier(now);
-                }
-            }
-        });
+            },
+        );
 }
 
 /// The contents of a view as of a closed time.
@@ -109,7 +127,9 @@ pub struct ViewHandle<D> {
 
 impl<D> Clone for ViewHandle<D> {
     fn clone(&self) -> Self {
-        ViewHandle { shared: Arc::clone(&self.shared) }
+        ViewHandle {
+            shared: Arc::clone(&self.shared),
+        }
     }
 }
 
@@ -122,7 +142,17 @@ impl<D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static> Default for
 impl<D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static> ViewHandle<D> {
     /// An empty handle; [`ViewHandle::attach`] it to a view (on every worker).
     pub fn new() -> Self {
-        ViewHandle { shared: Arc::new((Mutex::new(Shared { rows: BTreeMap::new(), time: None, frontier: Some(ClusterTime::MIN), complete: false }), Condvar::new())) }
+        ViewHandle {
+            shared: Arc::new((
+                Mutex::new(Shared {
+                    rows: BTreeMap::new(),
+                    time: None,
+                    frontier: Some(ClusterTime::MIN),
+                    complete: false,
+                }),
+                Condvar::new(),
+            )),
+        }
     }
 
     /// Feeds this handle from `view` (call on every worker; worker 0 keeps the contents).
@@ -160,8 +190,16 @@ impl<D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static> ViewHandle<
     pub fn snapshot(&self) -> Snapshot<D> {
         let (lock, _) = &*self.shared;
         match lock.lock() {
-            Ok(shared) => Snapshot { time: shared.time, complete: shared.complete, rows: shared.rows.iter().map(|(d, r)| (d.clone(), *r)).collect() },
-            Err(_) => Snapshot { time: None, complete: false, rows: Vec::new() },
+            Ok(shared) => Snapshot {
+                time: shared.time,
+                complete: shared.complete,
+                rows: shared.rows.iter().map(|(d, r)| (d.clone(), *r)).collect(),
+            },
+            Err(_) => Snapshot {
+                time: None,
+                complete: false,
+                rows: Vec::new(),
+            },
         }
     }
 
@@ -175,7 +213,8 @@ impl<D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static> ViewHandle<
     pub fn wait_past(&self, time: ClusterTime, timeout: std::time::Duration) -> bool {
         let (lock, cvar) = &*self.shared;
         let Ok(guard) = lock.lock() else { return false };
-        let result = cvar.wait_timeout_while(guard, timeout, |s| s.frontier.is_some_and(|f| f <= time));
+        let result =
+            cvar.wait_timeout_while(guard, timeout, |s| s.frontier.is_some_and(|f| f <= time));
         result.map(|(_, t)| !t.timed_out()).unwrap_or(false)
     }
 }

@@ -20,4 +20,5 @@ pub mod update;
 pub mod value;
 pub mod views;
 
+mod fxhash;
 mod stash;

@@ -2,12 +2,12 @@
 //!
 //! The document-state and aggregate operators both need all of a time's input before acting on
 //! it (a transaction's events share one time and must apply in token order; an aggregate emits
-//! one change per key per time). A `TimeStash` keeps received records by *their own* time (as in
-//! differential, a message's capability is only a lower bound of its records' times, so one
+//! one change per key per time). A `TimeStash` keeps received records with *their own* times (as
+//! in differential, a message's capability is only a lower bound of its records' times, so one
 //! message carries many times) and one capability at or below the least pending time;
 //! [`TimeStash::take_closed`] returns the records of every time the input frontier has passed,
-//! in time order, with one capability valid for all of them, so the operator can send all its
-//! output in one message.
+//! sorted by time (stably: arrival order is kept within a time), with one capability valid for
+//! all of them, so the operator can send all its output in one message.
 //!
 //! # Invariants
 //!
@@ -15,59 +15,85 @@
 //!   pending, so an operator built on a stash never holds back the frontier without pending data.
 //! * After `take_closed` the held capability is downgraded to the least remaining time.
 
-use std::collections::BTreeMap;
-
 use changeflow_core::ClusterTime;
 use timely::dataflow::operators::{Capability, InputCapability};
 use timely::progress::frontier::MutableAntichain;
 
-/// Data held by time until the input frontier passes it.
+/// The records of closed times, sorted by time, and a capability valid for all of them.
+pub(crate) struct Closed<D> {
+    /// A capability at or before every record's time.
+    pub(crate) cap: Capability<ClusterTime>,
+    /// The records, sorted by time; arrival order within a time.
+    pub(crate) records: Vec<(ClusterTime, D)>,
+}
+
+/// Records held until the input frontier passes their times.
 pub(crate) struct TimeStash<D> {
     held: Option<Capability<ClusterTime>>,
-    pending: BTreeMap<ClusterTime, Vec<D>>,
+    pending: Vec<(ClusterTime, D)>,
 }
 
 impl<D> TimeStash<D> {
     pub(crate) fn new() -> Self {
-        TimeStash { held: None, pending: BTreeMap::new() }
+        TimeStash {
+            held: None,
+            pending: Vec::new(),
+        }
     }
 
     /// Keeps `records` (each with its time, at or after `cap`'s) until their times are closed.
-    pub(crate) fn stash(&mut self, cap: &InputCapability<ClusterTime>, output: usize, records: impl IntoIterator<Item = (ClusterTime, D)>) {
-        let Some(time) = cap.least().copied() else { return };
-        let mut any = false;
-        for (t, d) in records {
-            debug_assert!(t >= time, "a record's time precedes its message's capability");
-            self.pending.entry(t).or_default().push(d);
-            any = true;
-        }
-        if any && self.held.as_ref().is_none_or(|h| time < *h.time()) {
+    pub(crate) fn stash(
+        &mut self,
+        cap: &InputCapability<ClusterTime>,
+        output: usize,
+        records: impl IntoIterator<Item = (ClusterTime, D)>,
+    ) {
+        let Some(time) = cap.least().copied() else {
+            return;
+        };
+        let before = self.pending.len();
+        self.pending.extend(records);
+        debug_assert!(
+            self.pending[before..].iter().all(|(t, _)| *t >= time),
+            "a record's time precedes its message's capability"
+        );
+        if self.pending.len() > before && self.held.as_ref().is_none_or(|h| time < *h.time()) {
             self.held = cap.retain_least(output);
         }
     }
 
-    /// Removes and returns, in time order, the data of every time not in `frontier`'s future,
-    /// with a capability valid for all of them (`None` if nothing is closed).
-    pub(crate) fn take_closed(&mut self, frontier: &MutableAntichain<ClusterTime>) -> Option<(Capability<ClusterTime>, Vec<(ClusterTime, Vec<D>)>)> {
-        let first = *self.pending.keys().next()?;
-        if frontier.less_equal(&first) {
+    /// Removes and returns the records of every time not in `frontier`'s future (`None` if
+    /// there are none).
+    pub(crate) fn take_closed(
+        &mut self,
+        frontier: &MutableAntichain<ClusterTime>,
+    ) -> Option<Closed<D>> {
+        if self.pending.is_empty() {
+            self.held = None;
             return None;
         }
-        let mut closed = Vec::new();
-        while let Some(entry) = self.pending.first_entry() {
-            if frontier.less_equal(entry.key()) {
-                break;
+        let mut records = if self.pending.iter().all(|(t, _)| !frontier.less_equal(t)) {
+            std::mem::take(&mut self.pending)
+        } else {
+            let (closed, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+                .into_iter()
+                .partition(|(t, _)| !frontier.less_equal(t));
+            self.pending = open;
+            closed
+        };
+        if records.is_empty() {
+            return None;
+        }
+        records.sort_by_key(|(t, _)| *t);
+        let cap = self.held.as_ref()?.clone();
+        match self.pending.iter().map(|(t, _)| *t).min() {
+            Some(next) => {
+                if let Some(held) = self.held.as_mut() {
+                    held.downgrade(&next);
+                }
             }
-            let (time, data) = entry.remove_entry();
-            closed.push((time, data));
+            None => self.held = None,
         }
-        let held = self.held.take()?;
-        let cap = held.clone();
-        if let Some(next) = self.pending.keys().next() {
-            let mut held = held;
-            held.downgrade(next);
-            self.held = Some(held);
-        }
-        Some((cap, closed))
+        Some(Closed { cap, records })
     }
 }

@@ -109,7 +109,12 @@ impl<'a> Node<'a> {
     }
 
     /// The child at `c`, creating a document there if `create` and it is missing.
-    fn child(&mut self, c: &Component<'a>, create: bool, path: &str) -> Result<Option<&mut Node<'a>>, ApplyError> {
+    fn child(
+        &mut self,
+        c: &Component<'a>,
+        create: bool,
+        path: &str,
+    ) -> Result<Option<&mut Node<'a>>, ApplyError> {
         self.expand()?;
         let found = self.kind_name();
         match self {
@@ -117,7 +122,12 @@ impl<'a> Node<'a> {
                 let name: &str = match c {
                     Component::Ambiguous(s) => s,
                     Component::Field(s) => s,
-                    Component::Index(_) => return Err(ApplyError::PathConflict { path: path.into(), found }),
+                    Component::Index(_) => {
+                        return Err(ApplyError::PathConflict {
+                            path: path.into(),
+                            found,
+                        });
+                    }
                 };
                 let position = fields.iter().position(|(k, _)| k == name);
                 match position {
@@ -134,9 +144,19 @@ impl<'a> Node<'a> {
                     Component::Index(i) => *i,
                     Component::Ambiguous(s) => match s.parse::<usize>() {
                         Ok(i) => i,
-                        Err(_) => return Err(ApplyError::PathConflict { path: path.into(), found }),
+                        Err(_) => {
+                            return Err(ApplyError::PathConflict {
+                                path: path.into(),
+                                found,
+                            });
+                        }
                     },
-                    Component::Field(_) => return Err(ApplyError::PathConflict { path: path.into(), found }),
+                    Component::Field(_) => {
+                        return Err(ApplyError::PathConflict {
+                            path: path.into(),
+                            found,
+                        });
+                    }
                 };
                 if index >= items.len() {
                     if !create {
@@ -147,7 +167,10 @@ impl<'a> Node<'a> {
                 }
                 Ok(Some(&mut items[index]))
             }
-            Node::Raw(..) => Err(ApplyError::PathConflict { path: path.into(), found }),
+            Node::Raw(..) => Err(ApplyError::PathConflict {
+                path: path.into(),
+                found,
+            }),
         }
     }
 
@@ -159,7 +182,12 @@ impl<'a> Node<'a> {
                 let name: &str = match last {
                     Component::Ambiguous(s) => s,
                     Component::Field(s) => s,
-                    Component::Index(_) => return Err(ApplyError::PathConflict { path: path.into(), found }),
+                    Component::Index(_) => {
+                        return Err(ApplyError::PathConflict {
+                            path: path.into(),
+                            found,
+                        });
+                    }
                 };
                 match fields.iter_mut().find(|(k, _)| k == name) {
                     Some((_, slot)) => *slot = value,
@@ -169,8 +197,18 @@ impl<'a> Node<'a> {
             Node::Arr(items) => {
                 let index = match last {
                     Component::Index(i) => *i,
-                    Component::Ambiguous(s) => s.parse::<usize>().map_err(|_| ApplyError::PathConflict { path: path.into(), found })?,
-                    Component::Field(_) => return Err(ApplyError::PathConflict { path: path.into(), found }),
+                    Component::Ambiguous(s) => {
+                        s.parse::<usize>().map_err(|_| ApplyError::PathConflict {
+                            path: path.into(),
+                            found,
+                        })?
+                    }
+                    Component::Field(_) => {
+                        return Err(ApplyError::PathConflict {
+                            path: path.into(),
+                            found,
+                        });
+                    }
                 };
                 if index < items.len() {
                     items[index] = value;
@@ -179,7 +217,12 @@ impl<'a> Node<'a> {
                     items.push(value);
                 }
             }
-            Node::Raw(..) => return Err(ApplyError::PathConflict { path: path.into(), found }),
+            Node::Raw(..) => {
+                return Err(ApplyError::PathConflict {
+                    path: path.into(),
+                    found,
+                });
+            }
         }
         Ok(())
     }
@@ -218,17 +261,29 @@ impl<'a> Node<'a> {
             }
             Node::Doc(fields) => {
                 *kind_out = kind::DOCUMENT;
-                write_container(fields.iter().map(|(k, v)| (Cow::Borrowed(k.as_ref()), v)), out);
+                write_container(
+                    fields.iter().map(|(k, v)| (Cow::Borrowed(k.as_ref()), v)),
+                    out,
+                );
             }
             Node::Arr(items) => {
                 *kind_out = kind::ARRAY;
-                write_container(items.iter().enumerate().map(|(i, v)| (Cow::Owned(i.to_string()), v)), out);
+                write_container(
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| (Cow::Owned(i.to_string()), v)),
+                    out,
+                );
             }
         }
     }
 }
 
-fn write_container<'n, 'a: 'n>(children: impl Iterator<Item = (Cow<'n, str>, &'n Node<'a>)>, out: &mut Vec<u8>) {
+fn write_container<'n, 'a: 'n>(
+    children: impl Iterator<Item = (Cow<'n, str>, &'n Node<'a>)>,
+    out: &mut Vec<u8>,
+) {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     for (key, node) in children {
@@ -260,25 +315,42 @@ fn parse_container<'a>(k: u8, bytes: Cow<'a, [u8]>) -> Result<Node<'a>, RawError
     Ok(match bytes {
         Cow::Borrowed(b) => {
             if k == kind::ARRAY {
-                Node::Arr(children!(b, |e: raw::Element<'a>| Node::Raw(e.kind, Cow::Borrowed(e.value))))
+                Node::Arr(children!(b, |e: raw::Element<'a>| Node::Raw(
+                    e.kind,
+                    Cow::Borrowed(e.value)
+                )))
             } else {
-                Node::Doc(children!(b, |e: raw::Element<'a>| (Cow::Borrowed(e.key), Node::Raw(e.kind, Cow::Borrowed(e.value)))))
+                Node::Doc(children!(b, |e: raw::Element<'a>| (
+                    Cow::Borrowed(e.key),
+                    Node::Raw(e.kind, Cow::Borrowed(e.value))
+                )))
             }
         }
         Cow::Owned(b) => {
             if k == kind::ARRAY {
-                Node::Arr(children!(&b, |e: raw::Element<'_>| Node::Raw(e.kind, owned(e.value))))
+                Node::Arr(children!(&b, |e: raw::Element<'_>| Node::Raw(
+                    e.kind,
+                    owned(e.value)
+                )))
             } else {
-                Node::Doc(children!(&b, |e: raw::Element<'_>| (Cow::Owned(e.key.to_owned()), Node::Raw(e.kind, owned(e.value)))))
+                Node::Doc(children!(&b, |e: raw::Element<'_>| (
+                    Cow::Owned(e.key.to_owned()),
+                    Node::Raw(e.kind, owned(e.value))
+                )))
             }
         }
     })
 }
 
-fn split_path<'a>(path: &'a str, disambiguated: Option<&'a [u8]>) -> Result<Vec<Component<'a>>, ApplyError> {
+fn split_path<'a>(
+    path: &'a str,
+    disambiguated: Option<&'a [u8]>,
+) -> Result<Vec<Component<'a>>, ApplyError> {
     if let Some(list) = disambiguated.and_then(|d| raw::get(d, path).ok().flatten()) {
         let Some(items) = list.as_document().filter(|_| list.kind == kind::ARRAY) else {
-            return Err(ApplyError::BadDescription(format!("disambiguatedPaths entry for `{path}` is not an array")));
+            return Err(ApplyError::BadDescription(format!(
+                "disambiguatedPaths entry for `{path}` is not an array"
+            )));
         };
         let mut out = Vec::new();
         for e in raw::elements(items) {
@@ -290,7 +362,9 @@ fn split_path<'a>(path: &'a str, disambiguated: Option<&'a [u8]>) -> Result<Vec<
             });
         }
         if out.is_empty() {
-            return Err(ApplyError::BadDescription(format!("disambiguatedPaths entry for `{path}` is empty")));
+            return Err(ApplyError::BadDescription(format!(
+                "disambiguatedPaths entry for `{path}` is empty"
+            )));
         }
         return Ok(out);
     }
@@ -299,7 +373,12 @@ fn split_path<'a>(path: &'a str, disambiguated: Option<&'a [u8]>) -> Result<Vec<
 
 /// Walks `root` to the parent of the last component; `None` if a component is missing and
 /// `create` is false.
-fn parent<'r, 'a>(root: &'r mut Node<'a>, components: &[Component<'a>], create: bool, path: &str) -> Result<Option<&'r mut Node<'a>>, ApplyError> {
+fn parent<'r, 'a>(
+    root: &'r mut Node<'a>,
+    components: &[Component<'a>],
+    create: bool,
+    path: &str,
+) -> Result<Option<&'r mut Node<'a>>, ApplyError> {
     let mut node = root;
     for c in &components[..components.len() - 1] {
         match node.child(c, create, path)? {
@@ -323,14 +402,18 @@ pub fn apply_update(before: &[u8], delta: &[u8]) -> Result<Vec<u8>, ApplyError> 
             if e.kind == k {
                 Ok(e.value)
             } else {
-                Err(ApplyError::BadDescription(format!("`{name}` has the wrong type")))
+                Err(ApplyError::BadDescription(format!(
+                    "`{name}` has the wrong type"
+                )))
             }
         };
         match e.key {
             "updatedFields" => updated = Some(want(kind::DOCUMENT, "updatedFields")?),
             "removedFields" => removed = Some(want(kind::ARRAY, "removedFields")?),
             "truncatedArrays" => truncated = Some(want(kind::ARRAY, "truncatedArrays")?),
-            "disambiguatedPaths" => disambiguated = Some(want(kind::DOCUMENT, "disambiguatedPaths")?),
+            "disambiguatedPaths" => {
+                disambiguated = Some(want(kind::DOCUMENT, "disambiguatedPaths")?)
+            }
             _ => {}
         }
     }
@@ -339,11 +422,15 @@ pub fn apply_update(before: &[u8], delta: &[u8]) -> Result<Vec<u8>, ApplyError> 
     if let Some(list) = truncated {
         for entry in raw::elements(list) {
             let entry = entry?;
-            let body = entry.as_document().ok_or_else(|| ApplyError::BadDescription("truncatedArrays entry is not a document".into()))?;
+            let body = entry.as_document().ok_or_else(|| {
+                ApplyError::BadDescription("truncatedArrays entry is not a document".into())
+            })?;
             let field = raw::get(body, "field")?.and_then(|f| f.as_str());
             let size = raw::get(body, "newSize")?.and_then(|f| f.as_i64());
             let (Some(field), Some(size)) = (field, size) else {
-                return Err(ApplyError::BadDescription("truncatedArrays entry needs `field` and `newSize`".into()));
+                return Err(ApplyError::BadDescription(
+                    "truncatedArrays entry needs `field` and `newSize`".into(),
+                ));
             };
             let components = split_path(field, disambiguated)?;
             let Some(parent) = parent(&mut root, &components, false, field)? else {
@@ -375,7 +462,9 @@ pub fn apply_update(before: &[u8], delta: &[u8]) -> Result<Vec<u8>, ApplyError> 
     if let Some(list) = removed {
         for e in raw::elements(list) {
             let e = e?;
-            let path = e.as_str().ok_or_else(|| ApplyError::BadDescription("removedFields entry is not a string".into()))?;
+            let path = e.as_str().ok_or_else(|| {
+                ApplyError::BadDescription("removedFields entry is not a string".into())
+            })?;
             let components = split_path(path, disambiguated)?;
             if let Some(parent) = parent(&mut root, &components, false, path)? {
                 parent.remove(&components[components.len() - 1])?;
@@ -415,8 +504,15 @@ mod tests {
 
     #[test]
     fn sets_top_level_and_nested_paths_in_place_or_appended() {
-        let after = apply(doc! { "a": 1, "b": { "c": 2 } }, doc! { "updatedFields": { "a": 5, "b.d": 3, "x.y.z": true } }).unwrap();
-        assert_eq!(after, doc! { "a": 5, "b": { "c": 2, "d": 3 }, "x": { "y": { "z": true } } });
+        let after = apply(
+            doc! { "a": 1, "b": { "c": 2 } },
+            doc! { "updatedFields": { "a": 5, "b.d": 3, "x.y.z": true } },
+        )
+        .unwrap();
+        assert_eq!(
+            after,
+            doc! { "a": 5, "b": { "c": 2, "d": 3 }, "x": { "y": { "z": true } } }
+        );
         let keys: Vec<_> = after.keys().cloned().collect();
         assert_eq!(keys, ["a", "b", "x"]);
     }
@@ -424,14 +520,31 @@ mod tests {
     #[test]
     fn array_indices_set_append_and_pad() {
         let before = doc! { "items": [ { "q": 1 }, { "q": 2 } ] };
-        assert_eq!(apply(before.clone(), doc! { "updatedFields": { "items.1.q": 9 } }).unwrap(), doc! { "items": [ { "q": 1 }, { "q": 9 } ] });
-        assert_eq!(apply(before.clone(), doc! { "updatedFields": { "items.2": { "q": 3 } } }).unwrap(), doc! { "items": [ { "q": 1 }, { "q": 2 }, { "q": 3 } ] });
-        assert_eq!(apply(before, doc! { "updatedFields": { "items.4": 7 } }).unwrap(), doc! { "items": [ { "q": 1 }, { "q": 2 }, Bson::Null, Bson::Null, 7 ] });
+        assert_eq!(
+            apply(before.clone(), doc! { "updatedFields": { "items.1.q": 9 } }).unwrap(),
+            doc! { "items": [ { "q": 1 }, { "q": 9 } ] }
+        );
+        assert_eq!(
+            apply(
+                before.clone(),
+                doc! { "updatedFields": { "items.2": { "q": 3 } } }
+            )
+            .unwrap(),
+            doc! { "items": [ { "q": 1 }, { "q": 2 }, { "q": 3 } ] }
+        );
+        assert_eq!(
+            apply(before, doc! { "updatedFields": { "items.4": 7 } }).unwrap(),
+            doc! { "items": [ { "q": 1 }, { "q": 2 }, Bson::Null, Bson::Null, 7 ] }
+        );
     }
 
     #[test]
     fn removed_fields_and_array_elements() {
-        let after = apply(doc! { "a": 1, "b": { "c": 2, "d": 3 }, "arr": [1, 2] }, doc! { "removedFields": ["a", "b.c", "arr.0", "missing.path"] }).unwrap();
+        let after = apply(
+            doc! { "a": 1, "b": { "c": 2, "d": 3 }, "arr": [1, 2] },
+            doc! { "removedFields": ["a", "b.c", "arr.0", "missing.path"] },
+        )
+        .unwrap();
         assert_eq!(after, doc! { "b": { "d": 3 }, "arr": [Bson::Null, 2] });
     }
 
@@ -448,18 +561,38 @@ mod tests {
             "updatedFields": { "a.0.b": 2, "arr.0.0": 5 },
             "disambiguatedPaths": { "a.0.b": ["a", "0", "b"], "arr.0.0": ["arr", 0, "0"] },
         };
-        assert_eq!(apply(before, delta).unwrap(), doc! { "a": { "0": { "b": 2 } }, "arr": [ { "0": 5 } ] });
+        assert_eq!(
+            apply(before, delta).unwrap(),
+            doc! { "a": { "0": { "b": 2 } }, "arr": [ { "0": 5 } ] }
+        );
         // Without disambiguation, a numeric component on a missing path creates a field.
-        assert_eq!(apply(doc! {}, doc! { "updatedFields": { "m.0": 1 } }).unwrap(), doc! { "m": { "0": 1 } });
+        assert_eq!(
+            apply(doc! {}, doc! { "updatedFields": { "m.0": 1 } }).unwrap(),
+            doc! { "m": { "0": 1 } }
+        );
     }
 
     #[test]
     fn conflicts_are_errors_not_guesses() {
         let err = apply(doc! { "a": 5 }, doc! { "updatedFields": { "a.b": 1 } }).unwrap_err();
-        assert_eq!(err, ApplyError::PathConflict { path: "a.b".into(), found: "number" });
-        let err = apply(doc! { "a": 5 }, doc! { "truncatedArrays": [ { "field": "a", "newSize": 1 } ] }).unwrap_err();
+        assert_eq!(
+            err,
+            ApplyError::PathConflict {
+                path: "a.b".into(),
+                found: "number"
+            }
+        );
+        let err = apply(
+            doc! { "a": 5 },
+            doc! { "truncatedArrays": [ { "field": "a", "newSize": 1 } ] },
+        )
+        .unwrap_err();
         assert_eq!(err, ApplyError::NotAnArray("a".into()));
-        let err = apply_update(rawdoc! { "a": 1 }.as_bytes(), rawdoc! { "updatedFields": 3 }.as_bytes()).unwrap_err();
+        let err = apply_update(
+            rawdoc! { "a": 1 }.as_bytes(),
+            rawdoc! { "updatedFields": 3 }.as_bytes(),
+        )
+        .unwrap_err();
         assert!(matches!(err, ApplyError::BadDescription(_)));
         assert!(apply_update(&[1, 2], rawdoc! {}.as_bytes()).is_err());
     }
@@ -468,6 +601,9 @@ mod tests {
     fn untouched_subdocuments_are_copied_byte_for_byte() {
         let before = doc! { "keep": { "deep": [1, { "x": "y" }] }, "n": 1 };
         let after = apply(before.clone(), doc! { "updatedFields": { "n": 2 } }).unwrap();
-        assert_eq!(after.get_document("keep").unwrap(), before.get_document("keep").unwrap());
+        assert_eq!(
+            after.get_document("keep").unwrap(),
+            before.get_document("keep").unwrap()
+        );
     }
 }

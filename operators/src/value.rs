@@ -178,16 +178,77 @@ pub struct Field {
 impl Field {
     /// The column `name` read from the dotted `path` as `ty`.
     pub fn new(name: &str, path: &str, ty: ValueType) -> Self {
-        Field { name: name.into(), path: path.split('.').map(str::to_owned).collect(), ty }
+        Field {
+            name: name.into(),
+            path: path.split('.').map(str::to_owned).collect(),
+            ty,
+        }
     }
 
     /// Reads this field from the document `doc` (see the module docs).
     pub fn extract(&self, doc: &[u8]) -> Result<Value, TypeMismatch> {
         match lookup(doc, &self.path) {
             None => Ok(Value::Null),
-            Some(e) => convert(&e, self.ty).ok_or_else(|| TypeMismatch { field: self.name.clone(), found: e.kind, expected: self.ty }),
+            Some(e) => convert(&e, self.ty).ok_or_else(|| TypeMismatch {
+                field: self.name.clone(),
+                found: e.kind,
+                expected: self.ty,
+            }),
         }
     }
+}
+
+/// Reads every field of `fields` from `doc` into a row, walking the top-level elements once for
+/// all single-component paths. A field with an empty path reads as null. `mismatch` is told of
+/// each value present but not of its field's type (which reads as null).
+///
+/// ```
+/// use changeflow_operators::value::{extract_row, Field, Value, ValueType};
+/// let doc = bson::rawdoc! { "a": 1, "b": { "c": "x" }, "d": "not a number" };
+/// let fields = [Field::new("a", "a", ValueType::Int64), Field::new("c", "b.c", ValueType::String), Field::new("d", "d", ValueType::Double)];
+/// let mut mismatches = 0;
+/// let row = extract_row(doc.as_bytes(), &fields, |_| mismatches += 1);
+/// assert_eq!(row, vec![Value::Int(1), Value::String("x".into()), Value::Null]);
+/// assert_eq!(mismatches, 1);
+/// ```
+pub fn extract_row(
+    doc: &[u8],
+    fields: &[Field],
+    mut mismatch: impl FnMut(&TypeMismatch),
+) -> Vec<Value> {
+    let mut row = vec![Value::Null; fields.len()];
+    let mut top_level = 0;
+    for (slot, field) in row.iter_mut().zip(fields) {
+        match field.path.len() {
+            0 => {}
+            1 => top_level += 1,
+            _ => {
+                *slot = field.extract(doc).unwrap_or_else(|e| {
+                    mismatch(&e);
+                    Value::Null
+                })
+            }
+        }
+    }
+    if top_level == 0 {
+        return row;
+    }
+    for element in raw::elements(doc) {
+        let Ok(element) = element else { break };
+        for (slot, field) in row.iter_mut().zip(fields) {
+            if field.path.len() == 1 && field.path[0] == element.key {
+                *slot = convert(&element, field.ty).unwrap_or_else(|| {
+                    mismatch(&TypeMismatch {
+                        field: field.name.clone(),
+                        found: element.kind,
+                        expected: field.ty,
+                    });
+                    Value::Null
+                });
+            }
+        }
+    }
+    row
 }
 
 /// Follows `path` through documents (and arrays, by numeric index).
@@ -210,15 +271,29 @@ fn convert(e: &Element<'_>, ty: ValueType) -> Option<Value> {
         return Some(Value::Null);
     }
     match ty {
-        ValueType::Bool => (e.kind == kind::BOOLEAN).then(|| Value::Bool(e.value.first() == Some(&1))),
+        ValueType::Bool => {
+            (e.kind == kind::BOOLEAN).then(|| Value::Bool(e.value.first() == Some(&1)))
+        }
         ValueType::Int64 => match e.kind {
             kind::INT32 | kind::INT64 => e.as_i64().map(Value::Int),
-            kind::DOUBLE => e.as_f64().filter(|v| v.fract() == 0.0 && v.abs() < 9.2e18).map(|v| Value::Int(v as i64)),
+            kind::DOUBLE => e
+                .as_f64()
+                .filter(|v| v.fract() == 0.0 && v.abs() < 9.2e18)
+                .map(|v| Value::Int(v as i64)),
             _ => None,
         },
         ValueType::Double => e.as_f64().map(|v| Value::Double(F64(v))),
         ValueType::String => e.as_str().map(|s| Value::String(s.into())),
-        ValueType::DateTime => (e.kind == kind::DATETIME).then(|| e.value.try_into().ok().map(|b| Value::DateTime(i64::from_le_bytes(b)))).flatten(),
-        ValueType::ObjectId => (e.kind == kind::OBJECT_ID).then(|| e.value.try_into().ok().map(Value::ObjectId)).flatten(),
+        ValueType::DateTime => (e.kind == kind::DATETIME)
+            .then(|| {
+                e.value
+                    .try_into()
+                    .ok()
+                    .map(|b| Value::DateTime(i64::from_le_bytes(b)))
+            })
+            .flatten(),
+        ValueType::ObjectId => (e.kind == kind::OBJECT_ID)
+            .then(|| e.value.try_into().ok().map(Value::ObjectId))
+            .flatten(),
     }
 }

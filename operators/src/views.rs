@@ -39,7 +39,7 @@
 //! assert_eq!(names, ["region", "orders", "amount"]);
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -50,8 +50,9 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::documents::{DocKey, Documents, hash_of};
+use crate::fxhash::FxHashMap;
 use crate::stash::TimeStash;
-use crate::value::{F64, Field, Value, ValueType};
+use crate::value::{F64, Field, Value, ValueType, extract_row};
 
 /// One row of a view: key columns followed by aggregate columns.
 pub type Row = Vec<Value>;
@@ -127,7 +128,12 @@ pub struct GroupBy {
 impl GroupBy {
     /// A view over the documents of `namespace` (`"db.coll"`), with no keys or aggregates yet.
     pub fn new(namespace: &str) -> Self {
-        GroupBy { namespace: namespace.into(), keys: Vec::new(), aggregates: Vec::new(), stats: Arc::default() }
+        GroupBy {
+            namespace: namespace.into(),
+            keys: Vec::new(),
+            aggregates: Vec::new(),
+            stats: Arc::default(),
+        }
     }
     /// Adds a key column `name` read from `path` as `ty`.
     pub fn key(mut self, name: &str, path: &str, ty: ValueType) -> Self {
@@ -136,7 +142,11 @@ impl GroupBy {
     }
     /// Adds a count column.
     pub fn count(mut self, name: &str) -> Self {
-        self.aggregates.push(Aggregate { name: name.into(), kind: AggregateKind::Count, field: None });
+        self.aggregates.push(Aggregate {
+            name: name.into(),
+            kind: AggregateKind::Count,
+            field: None,
+        });
         self
     }
     /// Adds a sum column over `path`; `ty` is `Double` or `Int64` (exact integer sum).
@@ -156,7 +166,11 @@ impl GroupBy {
         self.with(name, AggregateKind::Avg, path, ValueType::Double)
     }
     fn with(mut self, name: &str, kind: AggregateKind, path: &str, ty: ValueType) -> Self {
-        self.aggregates.push(Aggregate { name: name.into(), kind, field: Some(Field::new(name, path, ty)) });
+        self.aggregates.push(Aggregate {
+            name: name.into(),
+            kind,
+            field: Some(Field::new(name, path, ty)),
+        });
         self
     }
     /// The namespace this view reads.
@@ -173,74 +187,111 @@ impl GroupBy {
     }
     /// Output columns: keys then aggregates, with their types.
     pub fn columns(&self) -> Vec<(String, ValueType)> {
-        self.keys.iter().map(|k| (k.name.clone(), k.ty)).chain(self.aggregates.iter().map(|a| (a.name.clone(), a.output_type()))).collect()
+        self.keys
+            .iter()
+            .map(|k| (k.name.clone(), k.ty))
+            .chain(
+                self.aggregates
+                    .iter()
+                    .map(|a| (a.name.clone(), a.output_type())),
+            )
+            .collect()
     }
     /// What the view could not read as declared.
     pub fn stats(&self) -> Arc<ViewStats> {
         Arc::clone(&self.stats)
     }
 
-    /// Reads the key row and aggregate inputs of one document.
-    fn read(&self, doc: &Document) -> (Row, Row) {
-        let bytes = doc.as_bytes();
-        let mut read = |f: &Field| {
-            f.extract(bytes).unwrap_or_else(|_| {
-                self.stats.type_mismatches.fetch_add(1, Ordering::Relaxed);
-                Value::Null
-            })
+    /// Reads the key row and aggregate inputs of one document, in one pass over its elements.
+    fn read(&self, doc: &Document, fields: &[Field]) -> (Row, Row) {
+        let mut values = extract_row(doc.as_bytes(), fields, |_| {
+            self.stats.type_mismatches.fetch_add(1, Ordering::Relaxed);
+        });
+        let inputs = values.split_off(self.keys.len());
+        (values, inputs)
+    }
+
+    /// Every field the view reads: keys, then one per aggregate (`Count` reads nothing).
+    fn fields(&self) -> Vec<Field> {
+        let nothing = Field {
+            name: String::new(),
+            path: Vec::new(),
+            ty: ValueType::Int64,
         };
-        let keys: Row = self.keys.iter().map(&mut read).collect();
-        let inputs: Row = self.aggregates.iter().map(|a| a.field.as_ref().map(&mut read).unwrap_or(Value::Null)).collect();
-        (keys, inputs)
+        self.keys
+            .iter()
+            .cloned()
+            .chain(
+                self.aggregates
+                    .iter()
+                    .map(|a| a.field.clone().unwrap_or_else(|| nothing.clone())),
+            )
+            .collect()
     }
 
     /// Builds the view over `documents` (see the module docs).
     pub fn build<'scope>(&self, documents: Documents<'scope>) -> View<'scope> {
         let spec = self.clone();
         let ns: Arc<str> = self.namespace.as_str().into();
+        let fields = self.fields();
         let contributions = documents.flat_map(move |(key, doc): (DocKey, Document)| {
-            (key.ns() == &*ns).then(|| spec.read(&doc))
+            (key.ns() == &*ns).then(|| spec.read(&doc, &fields))
         });
         let spec = self.clone();
         contributions
             .inner
-            .unary_frontier(Exchange::new(|((keys, _), _, _): &((Row, Row), ClusterTime, isize)| hash_of(keys)), "GroupAggregate", move |_, _| {
-                let mut stash: TimeStash<((Row, Row), isize)> = TimeStash::new();
-                let mut groups: HashMap<Row, Group> = HashMap::new();
-                move |(input, frontier), output| {
-                    input.for_each(|cap, data| {
-                        stash.stash(&cap, 0, data.drain(..).map(|(d, t, r)| (t, (d, r))));
-                    });
-                    if let Some((cap, closed)) = stash.take_closed(frontier) {
-                        let mut session = output.session(&cap);
-                        for (time, updates) in closed {
-                            let mut before: HashMap<Row, Option<Row>> = HashMap::new();
-                            for ((keys, inputs), diff) in updates {
-                                let group = groups.entry(keys.clone()).or_insert_with(|| Group::new(&spec.aggregates));
-                                if !before.contains_key(&keys) {
-                                    before.insert(keys.clone(), group.row(&keys, &spec));
+            .unary_frontier(
+                Exchange::new(|((keys, _), _, _): &((Row, Row), ClusterTime, isize)| hash_of(keys)),
+                "GroupAggregate",
+                move |_, _| {
+                    let mut stash: TimeStash<((Row, Row), isize)> = TimeStash::new();
+                    let mut groups: FxHashMap<Row, Group> = FxHashMap::default();
+                    let mut before: FxHashMap<Row, Option<Row>> = FxHashMap::default();
+                    move |(input, frontier), output| {
+                        input.for_each(|cap, data| {
+                            stash.stash(&cap, 0, data.drain(..).map(|(d, t, r)| (t, (d, r))));
+                        });
+                        if let Some(closed) = stash.take_closed(frontier) {
+                            let mut session = output.session(&closed.cap);
+                            let mut records = closed.records.into_iter().peekable();
+                            while let Some(&(time, _)) = records.peek() {
+                                while let Some((_, ((keys, inputs), diff))) =
+                                    records.next_if(|(t, _)| *t == time)
+                                {
+                                    let group = match groups.get_mut(&keys) {
+                                        Some(group) => group,
+                                        None => groups
+                                            .entry(keys.clone())
+                                            .or_insert_with(|| Group::new(&spec.aggregates)),
+                                    };
+                                    if let std::collections::hash_map::Entry::Vacant(slot) =
+                                        before.entry(keys)
+                                    {
+                                        let old = group.row(slot.key(), &spec);
+                                        slot.insert(old);
+                                    }
+                                    group.update(&inputs, diff, &spec.aggregates);
                                 }
-                                group.update(&inputs, diff, &spec.aggregates);
-                            }
-                            for (keys, old) in before {
-                                let new = groups.get(&keys).and_then(|g| g.row(&keys, &spec));
-                                if groups.get(&keys).is_some_and(|g| g.count == 0) {
-                                    groups.remove(&keys);
-                                }
-                                if old == new {
-                                    continue;
-                                }
-                                if let Some(old) = old {
-                                    session.give((old, time, -1));
-                                }
-                                if let Some(new) = new {
-                                    session.give((new, time, 1));
+                                for (keys, old) in before.drain() {
+                                    let new = groups.get(&keys).and_then(|g| g.row(&keys, &spec));
+                                    if groups.get(&keys).is_some_and(|g| g.count == 0) {
+                                        groups.remove(&keys);
+                                    }
+                                    if old == new {
+                                        continue;
+                                    }
+                                    if let Some(old) = old {
+                                        session.give((old, time, -1));
+                                    }
+                                    if let Some(new) = new {
+                                        session.give((new, time, 1));
+                                    }
                                 }
                             }
                         }
                     }
-                }
-            })
+                },
+            )
             .as_collection()
     }
 }
@@ -283,7 +334,10 @@ struct Group {
 
 impl Group {
     fn new(aggregates: &[Aggregate]) -> Self {
-        Group { count: 0, partials: vec![Partial::default(); aggregates.len()] }
+        Group {
+            count: 0,
+            partials: vec![Partial::default(); aggregates.len()],
+        }
     }
 
     fn update(&mut self, inputs: &Row, diff: isize, aggregates: &[Aggregate]) {
@@ -335,10 +389,18 @@ impl Group {
                     },
                     _ => Value::Double(F64(partial.float_sum() + partial.int_sum as f64)),
                 },
-                AggregateKind::Avg if partial.numeric > 0 => Value::Double(F64((partial.float_sum() + partial.int_sum as f64) / partial.numeric as f64)),
+                AggregateKind::Avg if partial.numeric > 0 => Value::Double(F64((partial
+                    .float_sum()
+                    + partial.int_sum as f64)
+                    / partial.numeric as f64)),
                 AggregateKind::Avg => Value::Null,
                 AggregateKind::Min => partial.values.keys().next().cloned().unwrap_or(Value::Null),
-                AggregateKind::Max => partial.values.keys().next_back().cloned().unwrap_or(Value::Null),
+                AggregateKind::Max => partial
+                    .values
+                    .keys()
+                    .next_back()
+                    .cloned()
+                    .unwrap_or(Value::Null),
             });
         }
         Some(row)

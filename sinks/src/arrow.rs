@@ -23,7 +23,10 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{BooleanBuilder, FixedSizeBinaryBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder};
+use arrow_array::builder::{
+    BooleanBuilder, FixedSizeBinaryBuilder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder, UInt64Builder,
+};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use changeflow_core::ClusterTime;
@@ -43,19 +46,30 @@ pub fn data_type(ty: ValueType) -> DataType {
 
 /// The Arrow schema of a view's columns (all nullable).
 pub fn schema_of(columns: &[(String, ValueType)]) -> SchemaRef {
-    Arc::new(Schema::new(columns.iter().map(|(name, ty)| Field::new(name, data_type(*ty), true)).collect::<Vec<_>>()))
+    Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, ty)| Field::new(name, data_type(*ty), true))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 /// The schema of a changelog: the view's columns plus `_time` and `_diff`.
 pub fn changelog_schema_of(columns: &[(String, ValueType)]) -> SchemaRef {
-    let mut fields: Vec<Field> = schema_of(columns).fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = schema_of(columns)
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new("_time", DataType::UInt64, false));
     fields.push(Field::new("_diff", DataType::Int64, false));
     Arc::new(Schema::new(fields))
 }
 
 fn column(ty: &DataType, values: &mut dyn Iterator<Item = &Value>) -> Result<ArrayRef, ArrowError> {
-    let mismatch = |v: &Value| ArrowError::InvalidArgumentError(format!("value {v} does not fit a column of type {ty}"));
+    let mismatch = |v: &Value| {
+        ArrowError::InvalidArgumentError(format!("value {v} does not fit a column of type {ty}"))
+    };
     Ok(match ty {
         DataType::Int64 => {
             let mut b = Int64Builder::new();
@@ -122,7 +136,11 @@ fn column(ty: &DataType, values: &mut dyn Iterator<Item = &Value>) -> Result<Arr
             }
             Arc::new(b.finish())
         }
-        other => return Err(ArrowError::NotYetImplemented(format!("view column of Arrow type {other}"))),
+        other => {
+            return Err(ArrowError::NotYetImplemented(format!(
+                "view column of Arrow type {other}"
+            )));
+        }
     })
 }
 
@@ -140,7 +158,11 @@ pub fn rows_to_batch(schema: &SchemaRef, rows: &[Vec<Value>]) -> Result<RecordBa
 
 /// A changelog batch: `changes` at `time` with `_time` and `_diff` columns (`schema` from
 /// [`changelog_schema_of`]).
-pub fn changes_to_batch(schema: &SchemaRef, time: ClusterTime, changes: &[(Vec<Value>, isize)]) -> Result<RecordBatch, ArrowError> {
+pub fn changes_to_batch(
+    schema: &SchemaRef,
+    time: ClusterTime,
+    changes: &[(Vec<Value>, isize)],
+) -> Result<RecordBatch, ArrowError> {
     let width = schema.fields().len().saturating_sub(2);
     check_widths(width, changes.iter().map(|(r, _)| r.len()))?;
     let mut columns = schema.fields()[..width]
@@ -161,7 +183,9 @@ pub fn changes_to_batch(schema: &SchemaRef, time: ClusterTime, changes: &[(Vec<V
 
 fn check_widths(width: usize, mut rows: impl Iterator<Item = usize>) -> Result<(), ArrowError> {
     match rows.find(|&w| w != width) {
-        Some(w) => Err(ArrowError::InvalidArgumentError(format!("row has {w} values, schema has {width} columns"))),
+        Some(w) => Err(ArrowError::InvalidArgumentError(format!(
+            "row has {w} values, schema has {width} columns"
+        ))),
         None => Ok(()),
     }
 }

@@ -34,11 +34,19 @@ pub struct ChangelogWriter<W: Write> {
 impl<W: Write> ChangelogWriter<W> {
     /// A writer for a view with these column names.
     pub fn new(out: W, columns: Vec<String>) -> Self {
-        ChangelogWriter { out, columns, lines: 0 }
+        ChangelogWriter {
+            out,
+            columns,
+            lines: 0,
+        }
     }
 
     /// Writes one closed time's changes (already consolidated, retractions first).
-    pub fn write_changes(&mut self, time: ClusterTime, changes: &[(Vec<Value>, isize)]) -> std::io::Result<()> {
+    pub fn write_changes(
+        &mut self,
+        time: ClusterTime,
+        changes: &[(Vec<Value>, isize)],
+    ) -> std::io::Result<()> {
         let mut line = String::new();
         for (row, diff) in changes {
             // Columns in view order, then `_time` and `_diff` (serde_json's map would sort keys).
@@ -50,7 +58,12 @@ impl<W: Write> ChangelogWriter<W> {
                 line.push_str(&json_of(value).to_string());
                 line.push(',');
             }
-            line.push_str(&format!("\"_time\":{{\"t\":{},\"i\":{}}},\"_diff\":{}}}\n", time.seconds(), time.increment(), diff));
+            line.push_str(&format!(
+                "\"_time\":{{\"t\":{},\"i\":{}}},\"_diff\":{}}}\n",
+                time.seconds(),
+                time.increment(),
+                diff
+            ));
             self.out.write_all(line.as_bytes())?;
             self.lines += 1;
         }
@@ -73,9 +86,15 @@ fn json_of(value: &Value) -> Json {
         Value::Null => Json::Null,
         Value::Bool(b) => Json::Bool(*b),
         Value::Int(i) => Json::from(*i),
-        Value::Double(d) => serde_json::Number::from_f64(d.0).map(Json::Number).unwrap_or(Json::Null),
+        Value::Double(d) => serde_json::Number::from_f64(d.0)
+            .map(Json::Number)
+            .unwrap_or(Json::Null),
         Value::String(s) => Json::String(s.to_string()),
-        Value::DateTime(ms) => Json::String(bson::DateTime::from_millis(*ms).try_to_rfc3339_string().unwrap_or_default()),
+        Value::DateTime(ms) => Json::String(
+            bson::DateTime::from_millis(*ms)
+                .try_to_rfc3339_string()
+                .unwrap_or_default(),
+        ),
         Value::ObjectId(bytes) => Json::String(bson::oid::ObjectId::from_bytes(*bytes).to_hex()),
     }
 }

@@ -30,18 +30,38 @@ use crate::SinkError;
 
 /// Writes `batch` to `path` (Snappy-compressed) atomically; `frontier` is the time up to which
 /// the content is complete (`None`: final).
-pub fn write_parquet(path: &Path, batch: &RecordBatch, frontier: Option<ClusterTime>) -> Result<(), SinkError> {
-    let err = |reason: String| SinkError::Write { path: path.to_path_buf(), reason };
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+pub fn write_parquet(
+    path: &Path,
+    batch: &RecordBatch,
+    frontier: Option<ClusterTime>,
+) -> Result<(), SinkError> {
+    let err = |reason: String| SinkError::Write {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temporary = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
     let metadata = match frontier {
-        Some(t) => vec![KeyValue::new("changeflow.frontier".into(), t.as_u64().to_string()), KeyValue::new("changeflow.complete".into(), "false".to_string())],
-        None => vec![KeyValue::new("changeflow.complete".into(), "true".to_string())],
+        Some(t) => vec![
+            KeyValue::new("changeflow.frontier".into(), t.as_u64().to_string()),
+            KeyValue::new("changeflow.complete".into(), "false".to_string()),
+        ],
+        None => vec![KeyValue::new(
+            "changeflow.complete".into(),
+            "true".to_string(),
+        )],
     };
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).set_key_value_metadata(Some(metadata)).build();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_key_value_metadata(Some(metadata))
+        .build();
     let result = (|| -> Result<(), SinkError> {
         let file = File::create(&temporary).map_err(|e| err(e.to_string()))?;
-        let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| err(e.to_string()))?;
+        let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))
+            .map_err(|e| err(e.to_string()))?;
         writer.write(batch).map_err(|e| err(e.to_string()))?;
         let file = writer.into_inner().map_err(|e| err(e.to_string()))?;
         file.sync_all().map_err(|e| err(e.to_string()))?;

@@ -27,14 +27,44 @@ pub fn format_table(headers: &[&str], rows: &[Vec<Value>]) -> String {
     let widths: Vec<usize> = headers
         .iter()
         .enumerate()
-        .map(|(i, h)| cells.iter().filter_map(|r| r.get(i)).map(|(c, _)| c.chars().count()).chain([h.chars().count()]).max().unwrap_or(0))
+        .map(|(i, h)| {
+            cells
+                .iter()
+                .filter_map(|r| r.get(i))
+                .map(|(c, _)| c.chars().count())
+                .chain([h.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     let line = |parts: Vec<String>| parts.join(" | ").trim_end().to_string() + "\n";
-    out += &line(headers.iter().zip(&widths).map(|(h, w)| format!("{h:<w$}")).collect());
-    out += &(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-") + "\n");
+    out += &line(
+        headers
+            .iter()
+            .zip(&widths)
+            .map(|(h, w)| format!("{h:<w$}"))
+            .collect(),
+    );
+    out += &(widths
+        .iter()
+        .map(|w| "-".repeat(*w))
+        .collect::<Vec<_>>()
+        .join("-+-")
+        + "\n");
     for row in &cells {
-        out += &line(row.iter().zip(&widths).map(|((c, right), w)| if *right { format!("{c:>w$}") } else { format!("{c:<w$}") }).collect());
+        out += &line(
+            row.iter()
+                .zip(&widths)
+                .map(|((c, right), w)| {
+                    if *right {
+                        format!("{c:>w$}")
+                    } else {
+                        format!("{c:<w$}")
+                    }
+                })
+                .collect(),
+        );
     }
     out
 }

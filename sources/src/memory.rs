@@ -26,7 +26,10 @@ use timely::dataflow::operators::generic::operator::source;
 /// # Panics
 ///
 /// If the events are not in non-decreasing time order: that is a bug in the caller's test data.
-pub fn from_events<'scope>(scope: Scope<'scope, ClusterTime>, events: Vec<ChangeEvent>) -> EventStream<'scope> {
+pub fn from_events<'scope>(
+    scope: Scope<'scope, ClusterTime>,
+    events: Vec<ChangeEvent>,
+) -> EventStream<'scope> {
     let mine = scope.index() == 0;
     source(scope, "MemoryEvents", move |capability, _| {
         let mut capability = Some(capability);
@@ -34,11 +37,18 @@ pub fn from_events<'scope>(scope: Scope<'scope, ClusterTime>, events: Vec<Change
         move |output| {
             let Some(cap) = capability.take() else { return };
             let events = events.take().unwrap_or_default();
-            assert!(events.windows(2).all(|w| w[0].cluster_time() <= w[1].cluster_time()), "events must be in stream order");
-            output.session(&cap).give_iterator(events.into_iter().map(|e| {
-                let time = e.cluster_time();
-                (e, time)
-            }));
+            assert!(
+                events
+                    .windows(2)
+                    .all(|w| w[0].cluster_time() <= w[1].cluster_time()),
+                "events must be in stream order"
+            );
+            output
+                .session(&cap)
+                .give_iterator(events.into_iter().map(|e| {
+                    let time = e.cluster_time();
+                    (e, time)
+                }));
         }
     })
 }

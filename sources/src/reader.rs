@@ -78,12 +78,18 @@ pub struct ReaderOptions {
 impl ReaderOptions {
     /// Options for reading `path` once, format from its name, failing on bad input.
     pub fn new(path: impl AsRef<Path>) -> Self {
-        ReaderOptions { path: path.as_ref().to_path_buf(), format: Format::Auto, follow: false, bad_input: BadInputPolicy::Fail }
+        ReaderOptions {
+            path: path.as_ref().to_path_buf(),
+            format: Format::Auto,
+            follow: false,
+            bad_input: BadInputPolicy::Fail,
+        }
     }
 }
 
 /// One step of reading.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // events are moved, not boxed: one allocation less per event
 pub enum Read {
     /// The next event and its 1-based line (document) number.
     Event {
@@ -112,6 +118,7 @@ pub struct EventReader {
     offset: u64,
     pending: Vec<u8>,
     scratch: Vec<u8>,
+    bson: Vec<u8>,
     dead_letters: Option<BufWriter<File>>,
     dead_lettered: u64,
 }
@@ -119,20 +126,48 @@ pub struct EventReader {
 impl EventReader {
     /// Opens the input (and the dead-letter file, for appending, if the policy names one).
     pub fn open(options: ReaderOptions) -> Result<Self, SourceError> {
-        let io = |source| SourceError::Io { path: options.path.clone(), source };
+        let io = |source| SourceError::Io {
+            path: options.path.clone(),
+            source,
+        };
         let input = BufReader::with_capacity(1 << 20, File::open(&options.path).map_err(io)?);
         let format = match options.format {
-            Format::Auto if options.path.extension().is_some_and(|e| e.eq_ignore_ascii_case("bson")) => Format::Bson,
+            Format::Auto
+                if options
+                    .path
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("bson")) =>
+            {
+                Format::Bson
+            }
             Format::Auto => Format::JsonLines,
             f => f,
         };
         let dead_letters = match &options.bad_input {
             BadInputPolicy::Fail => None,
             BadInputPolicy::DeadLetter(path) => Some(BufWriter::new(
-                OpenOptions::new().create(true).append(true).open(path).map_err(|source| SourceError::DeadLetter { path: path.clone(), source })?,
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| SourceError::DeadLetter {
+                        path: path.clone(),
+                        source,
+                    })?,
             )),
         };
-        Ok(EventReader { options, format, input, line: 0, offset: 0, pending: Vec::new(), scratch: Vec::new(), dead_letters, dead_lettered: 0 })
+        Ok(EventReader {
+            options,
+            format,
+            input,
+            line: 0,
+            offset: 0,
+            pending: Vec::new(),
+            scratch: Vec::new(),
+            bson: Vec::new(),
+            dead_letters,
+            dead_lettered: 0,
+        })
     }
 
     /// The file being read.
@@ -156,9 +191,18 @@ impl EventReader {
                 Step::Record(bytes_in_scratch, decoded) => {
                     self.line += 1;
                     match decoded {
-                        Ok(event) => return Ok(Read::Event { line: self.line, event }),
+                        Ok(event) => {
+                            return Ok(Read::Event {
+                                line: self.line,
+                                event,
+                            });
+                        }
                         Err(source) => {
-                            let error = SourceError::BadEvent { path: self.options.path.clone(), line: self.line, source };
+                            let error = SourceError::BadEvent {
+                                path: self.options.path.clone(),
+                                line: self.line,
+                                source,
+                            };
                             return self.dead_letter(bytes_in_scratch, error);
                         }
                     }
@@ -177,14 +221,17 @@ impl EventReader {
     }
 
     fn dead_letter(&mut self, is_json: bool, error: SourceError) -> Result<Read, SourceError> {
-        let Some(out) = self.dead_letters.as_mut() else { return Err(error) };
+        let Some(out) = self.dead_letters.as_mut() else {
+            return Err(error);
+        };
         let path = match &self.options.bad_input {
             BadInputPolicy::DeadLetter(path) => path.clone(),
             BadInputPolicy::Fail => return Err(error),
         };
         let record = &self.scratch;
         let written = if is_json {
-            out.write_all(record.strip_suffix(b"\n").unwrap_or(record)).and_then(|_| out.write_all(b"\n"))
+            out.write_all(record.strip_suffix(b"\n").unwrap_or(record))
+                .and_then(|_| out.write_all(b"\n"))
         } else {
             out.write_all(record)
         };
@@ -194,18 +241,29 @@ impl EventReader {
     }
 
     fn flush_dead_letters(&mut self) -> Result<(), SourceError> {
-        if let (Some(out), BadInputPolicy::DeadLetter(path)) = (self.dead_letters.as_mut(), &self.options.bad_input) {
-            out.flush().map_err(|source| SourceError::DeadLetter { path: path.clone(), source })?;
+        if let (Some(out), BadInputPolicy::DeadLetter(path)) =
+            (self.dead_letters.as_mut(), &self.options.bad_input)
+        {
+            out.flush().map_err(|source| SourceError::DeadLetter {
+                path: path.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
 
     fn io(&self, source: std::io::Error) -> SourceError {
-        SourceError::Io { path: self.options.path.clone(), source }
+        SourceError::Io {
+            path: self.options.path.clone(),
+            source,
+        }
     }
 
     fn next_json(&mut self) -> Result<Step, SourceError> {
-        let read = self.input.read_until(b'\n', &mut self.pending).map_err(|e| self.io(e))?;
+        let read = self
+            .input
+            .read_until(b'\n', &mut self.pending)
+            .map_err(|e| self.io(e))?;
         let complete = self.pending.last() == Some(&b'\n');
         if read == 0 || !complete {
             if self.options.follow {
@@ -224,10 +282,13 @@ impl EventReader {
         if text.is_empty() {
             return Ok(Step::Blank);
         }
-        let mut bson = Vec::with_capacity(text.len());
-        let decoded = match extjson::transcode(text, &mut bson) {
-            Ok(()) => ChangeEvent::from_document(Document::from_trusted(bson)),
-            Err(source) => Err(changeflow_core::Error::ExtendedJson { at: "event".into(), source }),
+        self.bson.clear();
+        let decoded = match extjson::transcode(text, &mut self.bson) {
+            Ok(()) => ChangeEvent::from_document(Document::from_trusted(self.bson.as_slice())),
+            Err(source) => Err(changeflow_core::Error::ExtendedJson {
+                at: "event".into(),
+                source,
+            }),
         };
         Ok(Step::Record(true, decoded))
     }
@@ -235,7 +296,9 @@ impl EventReader {
     fn next_bson(&mut self) -> Result<Step, SourceError> {
         // Wait for a whole document: its length prefix, then its bytes.
         let need = |pending: &Vec<u8>| -> Option<usize> {
-            (pending.len() >= 4).then(|| i32::from_le_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize)
+            (pending.len() >= 4).then(|| {
+                i32::from_le_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize
+            })
         };
         loop {
             let want = match need(&self.pending) {
@@ -254,7 +317,10 @@ impl EventReader {
                 break;
             }
             let missing = want - self.pending.len();
-            let got = (&mut self.input).take(missing as u64).read_to_end(&mut self.pending).map_err(|e| self.io(e))?;
+            let got = (&mut self.input)
+                .take(missing as u64)
+                .read_to_end(&mut self.pending)
+                .map_err(|e| self.io(e))?;
             if got == 0 {
                 if self.options.follow {
                     return Ok(Step::Idle);
@@ -266,17 +332,24 @@ impl EventReader {
                     path: self.options.path.clone(),
                     line: self.line + 1,
                     offset: self.offset,
-                    reason: format!("file ends inside a document ({} of {want} bytes)", self.pending.len()),
+                    reason: format!(
+                        "file ends inside a document ({} of {want} bytes)",
+                        self.pending.len()
+                    ),
                 });
             }
         }
         std::mem::swap(&mut self.scratch, &mut self.pending);
         self.pending.clear();
         self.offset += self.scratch.len() as u64;
-        Ok(Step::Record(false, ChangeEvent::from_bson(self.scratch.clone())))
+        Ok(Step::Record(
+            false,
+            ChangeEvent::from_bson(self.scratch.clone()),
+        ))
     }
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Step {
     /// A record (JSON line if `true`, else BSON document) is in `scratch`, with its decoding.
     Record(bool, Result<ChangeEvent, changeflow_core::Error>),

@@ -51,8 +51,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use changeflow_core::{ChangeEvent, ClusterTime, EventStream, OperationType};
-use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::Scope;
+use timely::dataflow::operators::generic::operator::source;
 
 use crate::reader::{EventReader, Read, ReaderOptions};
 use crate::{SourceError, SourceStatus};
@@ -93,7 +93,10 @@ impl ReplayOptions {
 
 /// Replays the file in `options` into `scope` as a stream of change events at their cluster
 /// times (see the module docs for the frontier rule). Worker 0 reads; other workers emit nothing.
-pub fn replay<'scope>(scope: Scope<'scope, ClusterTime>, options: ReplayOptions) -> EventStream<'scope> {
+pub fn replay<'scope>(
+    scope: Scope<'scope, ClusterTime>,
+    options: ReplayOptions,
+) -> EventStream<'scope> {
     let reads = scope.index() == 0;
     let activations = scope.activations();
     source(scope, "Replay", move |capability, info| {
@@ -104,7 +107,9 @@ pub fn replay<'scope>(scope: Scope<'scope, ClusterTime>, options: ReplayOptions)
         let mut run: Vec<(ChangeEvent, ClusterTime)> = Vec::new();
         let status = options.status();
         move |output| {
-            let Some(cap) = capability.as_mut() else { return };
+            let Some(cap) = capability.as_mut() else {
+                return;
+            };
             if status.error().is_some() {
                 return;
             }
@@ -125,15 +130,26 @@ pub fn replay<'scope>(scope: Scope<'scope, ClusterTime>, options: ReplayOptions)
                         let time = event.cluster_time();
                         if time < *cap.time() {
                             let frontier = *cap.time();
-                            outcome = Outcome::Failed(SourceError::OutOfOrder { path: input.path().to_path_buf(), line, time, frontier });
+                            outcome = Outcome::Failed(SourceError::OutOfOrder {
+                                path: input.path().to_path_buf(),
+                                line,
+                                time,
+                                frontier,
+                            });
                             break;
                         }
                         if time < run_time {
-                            outcome = Outcome::Failed(SourceError::OutOfOrder { path: input.path().to_path_buf(), line, time, frontier: run_time });
+                            outcome = Outcome::Failed(SourceError::OutOfOrder {
+                                path: input.path().to_path_buf(),
+                                line,
+                                time,
+                                frontier: run_time,
+                            });
                             break;
                         }
                         run_time = time;
-                        let ends = event.operation() == &OperationType::Invalidate && !options.continue_after_invalidate;
+                        let ends = event.operation() == &OperationType::Invalidate
+                            && !options.continue_after_invalidate;
                         if ends {
                             last_event = Some((time, Some(event.token())));
                         }
@@ -144,7 +160,9 @@ pub fn replay<'scope>(scope: Scope<'scope, ClusterTime>, options: ReplayOptions)
                             break;
                         }
                     }
-                    Ok(Read::DeadLettered { .. }) => status.set_dead_lettered(input.dead_lettered()),
+                    Ok(Read::DeadLettered { .. }) => {
+                        status.set_dead_lettered(input.dead_lettered())
+                    }
                     Ok(Read::Idle) => {
                         outcome = Outcome::Idle;
                         break;
@@ -172,7 +190,10 @@ pub fn replay<'scope>(scope: Scope<'scope, ClusterTime>, options: ReplayOptions)
             match outcome {
                 Outcome::More => activator.activate(),
                 Outcome::Idle => {
-                    if options.idle_timeout.is_some_and(|limit| last_data.elapsed() >= limit) {
+                    if options
+                        .idle_timeout
+                        .is_some_and(|limit| last_data.elapsed() >= limit)
+                    {
                         capability = None;
                         status.finish();
                     } else {

@@ -77,11 +77,11 @@ impl SourceStatus {
         self.finished.store(true, Ordering::Release);
     }
     pub(crate) fn fail(&self, error: SourceError) {
-        if let (Ok(mut text), Ok(mut typed)) = (self.error.lock(), self.failure.lock()) {
-            if text.is_none() {
-                *text = Some(error.to_string());
-                *typed = Some(error);
-            }
+        if let (Ok(mut text), Ok(mut typed)) = (self.error.lock(), self.failure.lock())
+            && text.is_none()
+        {
+            *text = Some(error.to_string());
+            *typed = Some(error);
         }
     }
 }

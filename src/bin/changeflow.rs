@@ -9,7 +9,10 @@ use changeflow_testkit::orders::{OrdersConfig, write_bson, write_json_lines};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "changeflow", about = "Reactive dataflow over MongoDB change streams")]
+#[command(
+    name = "changeflow",
+    about = "Reactive dataflow over MongoDB change streams"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,11 +51,30 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::OrdersByRegion(args) => changeflow::jobs::orders_by_region::main_with(args),
-        Command::Generate { events, seed, txn_fraction, full_document_on_update, canonical, bson, out } => {
-            let config = OrdersConfig { seed, events, txn_fraction, full_document_on_update, canonical, ..OrdersConfig::default() };
+        Command::Generate {
+            events,
+            seed,
+            txn_fraction,
+            full_document_on_update,
+            canonical,
+            bson,
+            out,
+        } => {
+            let config = OrdersConfig {
+                seed,
+                events,
+                txn_fraction,
+                full_document_on_update,
+                canonical,
+                ..OrdersConfig::default()
+            };
             let written = File::create(&out).and_then(|file| {
                 let mut writer = BufWriter::new(file);
-                if bson { write_bson(config, &mut writer) } else { write_json_lines(config, &mut writer) }
+                if bson {
+                    write_bson(config, &mut writer)
+                } else {
+                    write_json_lines(config, &mut writer)
+                }
             });
             match written {
                 Ok(n) => {

@@ -50,7 +50,15 @@ pub struct OrdersOptions {
 impl OrdersOptions {
     /// Reads `input` once with one worker, writing into `out`.
     pub fn new(input: impl AsRef<Path>, out: impl AsRef<Path>) -> Self {
-        OrdersOptions { input: input.as_ref().into(), out: out.as_ref().into(), workers: 1, dead_letter: None, follow: false, idle_timeout: None, changelog: None }
+        OrdersOptions {
+            input: input.as_ref().into(),
+            out: out.as_ref().into(),
+            workers: 1,
+            dead_letter: None,
+            follow: false,
+            idle_timeout: None,
+            changelog: None,
+        }
     }
 }
 
@@ -98,12 +106,17 @@ pub enum JobError {
 
 /// V1: per region, the number of live orders and the sum of their amounts.
 pub fn v1_definition() -> GroupBy {
-    GroupBy::new("shop.orders").key("region", "region", ValueType::String).count("orders").sum("amount", "amount", ValueType::Double)
+    GroupBy::new("shop.orders")
+        .key("region", "region", ValueType::String)
+        .count("orders")
+        .sum("amount", "amount", ValueType::Double)
 }
 
 /// V2: per customer, the number of live orders.
 pub fn v2_definition() -> GroupBy {
-    GroupBy::new("shop.orders").key("customer_id", "customer_id", ValueType::Int64).count("orders")
+    GroupBy::new("shop.orders")
+        .key("customer_id", "customer_id", ValueType::Int64)
+        .count("orders")
 }
 
 /// Runs the job to the end of its input and writes its files.
@@ -121,15 +134,29 @@ pub fn run(options: &OrdersOptions) -> Result<OrdersReport, JobError> {
     let (v1_handle, v2_handle) = (ViewHandle::<Row>::new(), ViewHandle::<Row>::new());
     let changelog = match &options.changelog {
         Some(path) => {
-            let file = std::fs::File::create(path).map_err(|e| SinkError::Write { path: path.clone(), reason: e.to_string() })?;
-            Some(Arc::new(Mutex::new(ChangelogWriter::new(std::io::BufWriter::new(file), v1.columns().into_iter().map(|(n, _)| n).collect()))))
+            let file = std::fs::File::create(path).map_err(|e| SinkError::Write {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let writer = ChangelogWriter::new(
+                std::io::BufWriter::new(file),
+                v1.columns().into_iter().map(|(n, _)| n).collect(),
+            );
+            // The writer, and the first write error (reported when the job ends).
+            Some(Arc::new(Mutex::new((writer, None::<String>))))
         }
         None => None,
     };
 
     let started = Instant::now();
     let worker_job = {
-        let (status, doc_stats, v1_handle, v2_handle, changelog) = (status.clone(), doc_stats.clone(), v1_handle.clone(), v2_handle.clone(), changelog.clone());
+        let (status, doc_stats, v1_handle, v2_handle, changelog) = (
+            status.clone(),
+            doc_stats.clone(),
+            v1_handle.clone(),
+            v2_handle.clone(),
+            changelog.clone(),
+        );
         move |worker: &mut timely::worker::Worker| {
             let probe = worker.dataflow::<ClusterTime, _, _>(|scope| {
                 let events = replay(scope, replay_options.clone());
@@ -140,8 +167,13 @@ pub fn run(options: &OrdersOptions) -> Result<OrdersReport, JobError> {
                     on_closed_times(
                         view1.clone(),
                         move |time, changes| {
-                            if let Ok(mut writer) = changelog.lock() {
-                                let _ = writer.write_changes(time, changes);
+                            if let Ok(mut sink) = changelog.lock() {
+                                let (writer, failed) = &mut *sink;
+                                if failed.is_none()
+                                    && let Err(e) = writer.write_changes(time, changes)
+                                {
+                                    *failed = Some(e.to_string());
+                                }
                             }
                         },
                         |_| {},
@@ -164,20 +196,39 @@ pub fn run(options: &OrdersOptions) -> Result<OrdersReport, JobError> {
     if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
         return Err(JobError::Dataflow(e));
     }
-    if let Some(changelog) = changelog {
-        if let Ok(mut writer) = changelog.lock() {
-            writer.flush().map_err(|e| SinkError::Write { path: options.changelog.clone().unwrap_or_default(), reason: e.to_string() })?;
+    if let Some(changelog) = changelog
+        && let Ok(mut sink) = changelog.lock()
+    {
+        let (writer, failed) = &mut *sink;
+        let flushed = writer.flush().map_err(|e| e.to_string());
+        if let Some(reason) = failed.take().or(flushed.err()) {
+            return Err(SinkError::Write {
+                path: options.changelog.clone().unwrap_or_default(),
+                reason,
+            }
+            .into());
         }
     }
 
     let (s1, s2) = (v1_handle.snapshot(), v2_handle.snapshot());
-    let rows = |rows: Vec<(Row, isize)>| rows.into_iter().flat_map(|(row, n)| std::iter::repeat_n(row, n.max(0) as usize)).collect::<Vec<_>>();
+    let rows = |rows: Vec<(Row, isize)>| {
+        rows.into_iter()
+            .flat_map(|(row, n)| std::iter::repeat_n(row, n.max(0) as usize))
+            .collect::<Vec<_>>()
+    };
     let (v1_rows, v2_rows) = (rows(s1.rows), rows(s2.rows));
-    std::fs::create_dir_all(&options.out).map_err(|e| SinkError::Write { path: options.out.clone(), reason: e.to_string() })?;
+    std::fs::create_dir_all(&options.out).map_err(|e| SinkError::Write {
+        path: options.out.clone(),
+        reason: e.to_string(),
+    })?;
     let mut files = Vec::new();
-    for (name, definition, rows) in [("v1.parquet", v1_definition(), &v1_rows), ("v2.parquet", v2_definition(), &v2_rows)] {
+    for (name, definition, rows) in [
+        ("v1.parquet", v1_definition(), &v1_rows),
+        ("v2.parquet", v2_definition(), &v2_rows),
+    ] {
         let path = options.out.join(name);
-        let batch = rows_to_batch(&schema_of(&definition.columns()), rows).map_err(SinkError::from)?;
+        let batch =
+            rows_to_batch(&schema_of(&definition.columns()), rows).map_err(SinkError::from)?;
         write_parquet(&path, &batch, None)?;
         files.push(path);
     }
@@ -200,15 +251,21 @@ pub fn v1_table(report: &OrdersReport) -> String {
 
 /// Sums V1's order counts (a quick consistency figure for the summary line).
 pub fn live_orders(report: &OrdersReport) -> i64 {
-    report.v1.iter().filter_map(|r| match r.get(1) {
-        Some(Value::Int(n)) => Some(*n),
-        _ => None,
-    }).sum()
+    report
+        .v1
+        .iter()
+        .filter_map(|r| match r.get(1) {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        })
+        .sum()
 }
 
 /// The bundled sample: `data/orders.jsonl` in the source tree.
 pub fn bundled_sample() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join("orders.jsonl")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join("orders.jsonl")
 }
 
 /// Command-line arguments of the job (shared by the example and the `changeflow` binary).
@@ -241,7 +298,12 @@ pub struct Args {
 /// failure, with the error on stderr.
 pub fn main_with(args: Args) -> std::process::ExitCode {
     let input = args.input.unwrap_or_else(bundled_sample);
-    let out = args.out.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("changeflow").join("orders_by_region"));
+    let out = args.out.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("changeflow")
+            .join("orders_by_region")
+    });
     let mut options = OrdersOptions::new(&input, &out);
     options.workers = args.workers;
     options.dead_letter = args.dead_letter;
@@ -264,10 +326,16 @@ pub fn main_with(args: Args) -> std::process::ExitCode {
                 report.v2.len(),
             );
             if report.dead_lettered > 0 {
-                println!("{} bad lines written to the dead-letter file", report.dead_lettered);
+                println!(
+                    "{} bad lines written to the dead-letter file",
+                    report.dead_lettered
+                );
             }
             if report.unapplied > 0 {
-                println!("{} updates could not be applied (no previous version and no full document)", report.unapplied);
+                println!(
+                    "{} updates could not be applied (no previous version and no full document)",
+                    report.unapplied
+                );
             }
             if let Some(peak) = runtime::peak_rss_bytes() {
                 println!("peak memory: {:.1} MiB", peak as f64 / (1024.0 * 1024.0));

@@ -16,7 +16,12 @@ const BAD: [&str; 3] = [
 
 /// Good lines with the bad ones spliced in at lines 11, 501 and 1201 (1-based).
 fn input_with_bad_lines() -> (Vec<String>, Vec<String>) {
-    let good = lines(OrdersConfig { seed: 21, events: 2000, txn_fraction: 0.2, ..OrdersConfig::default() });
+    let good = lines(OrdersConfig {
+        seed: 21,
+        events: 2000,
+        txn_fraction: 0.2,
+        ..OrdersConfig::default()
+    });
     let mut mixed = good.clone();
     for (at, bad) in [(10, BAD[0]), (500, BAD[1]), (1200, BAD[2])] {
         mixed.insert(at, bad.to_string());
@@ -35,7 +40,10 @@ fn a_malformed_line_stops_the_job_naming_file_and_line() {
     let message = err.to_string();
     assert!(message.contains("mixed.jsonl:11:"), "{message}");
     assert!(message.contains("invalid JSON"), "{message}");
-    assert!(!dir.join("out/v1.parquet").exists(), "no output from a failed run");
+    assert!(
+        !dir.join("out/v1.parquet").exists(),
+        "no output from a failed run"
+    );
 }
 
 #[test]
@@ -68,7 +76,11 @@ fn dead_letters_hold_exactly_the_bad_lines_and_views_equal_the_good_lines() {
     let report = run(&options).expect("job carries on");
     assert_eq!(report.dead_lettered, 3);
     assert_eq!(report.events as usize, good.len());
-    let dead_lines: Vec<String> = std::fs::read_to_string(&dead).expect("dead letters").lines().map(str::to_owned).collect();
+    let dead_lines: Vec<String> = std::fs::read_to_string(&dead)
+        .expect("dead letters")
+        .lines()
+        .map(str::to_owned)
+        .collect();
     assert_eq!(dead_lines, BAD.map(str::to_owned).to_vec());
     let (v1, v2) = oracle(&good);
     assert_v1_eq(&read_v1(&dir.join("out/v1.parquet")), &v1);
@@ -78,11 +90,21 @@ fn dead_letters_hold_exactly_the_bad_lines_and_views_equal_the_good_lines() {
 #[test]
 fn out_of_order_times_are_an_error_not_a_reordering() {
     let dir = scratch("bad-order");
-    let mut good = lines(OrdersConfig { seed: 22, events: 300, ..OrdersConfig::default() });
+    let mut good = lines(OrdersConfig {
+        seed: 22,
+        events: 300,
+        ..OrdersConfig::default()
+    });
     let late = good.remove(100);
     good.insert(250, late);
     let input = dir.join("shuffled.jsonl");
     std::fs::write(&input, good.join("\n") + "\n").expect("write");
-    let message = run(&OrdersOptions::new(&input, dir.join("out"))).expect_err("must fail").to_string();
-    assert!(message.contains("shuffled.jsonl:251:") && message.contains("earlier than the source's frontier"), "{message}");
+    let message = run(&OrdersOptions::new(&input, dir.join("out")))
+        .expect_err("must fail")
+        .to_string();
+    assert!(
+        message.contains("shuffled.jsonl:251:")
+            && message.contains("earlier than the source's frontier"),
+        "{message}"
+    );
 }

@@ -11,13 +11,21 @@ use crate::support::*;
 #[test]
 fn following_a_growing_file_reaches_the_oracle() {
     let dir = scratch("follow");
-    let lines = lines(OrdersConfig { seed: 31, events: 3000, txn_fraction: 0.2, ..OrdersConfig::default() });
+    let lines = lines(OrdersConfig {
+        seed: 31,
+        events: 3000,
+        txn_fraction: 0.2,
+        ..OrdersConfig::default()
+    });
     let input = dir.join("growing.jsonl");
     std::fs::write(&input, "").expect("create");
     let writer = {
         let (input, lines) = (input.clone(), lines.clone());
         std::thread::spawn(move || {
-            let mut file = std::fs::OpenOptions::new().append(true).open(&input).expect("open");
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&input)
+                .expect("open");
             for chunk in lines.chunks(700) {
                 let text = chunk.join("\n") + "\n";
                 // Write each chunk in two pieces, splitting a line, to exercise partial lines.

@@ -23,42 +23,107 @@ fn check(name: &str, config: OrdersConfig, bson: bool, workers: usize) {
     options.workers = workers;
     let report = run(&options).expect("job runs");
     assert_eq!(report.events as usize, lines.len());
-    assert_eq!(report.unapplied, 0, "every update applies: the stream starts at the beginning");
+    assert_eq!(
+        report.unapplied, 0,
+        "every update applies: the stream starts at the beginning"
+    );
     let (v1, v2) = oracle(&lines);
-    assert!(v1.len() >= 4 && v2.len() > 100, "the workload is not trivial");
+    assert!(
+        v1.len() >= 4 && v2.len() > 100,
+        "the workload is not trivial"
+    );
     assert_v1_eq(&read_v1(&dir.join("out/v1.parquet")), &v1);
     assert_eq!(read_v2(&dir.join("out/v2.parquet")), v2, "V2");
 }
 
 #[test]
 fn relaxed_json_with_transactions_and_partial_full_documents() {
-    check("relaxed", OrdersConfig { seed: 11, events: 6000, txn_fraction: 0.3, full_document_on_update: 0.5, ..OrdersConfig::default() }, false, 1);
+    check(
+        "relaxed",
+        OrdersConfig {
+            seed: 11,
+            events: 6000,
+            txn_fraction: 0.3,
+            full_document_on_update: 0.5,
+            ..OrdersConfig::default()
+        },
+        false,
+        1,
+    );
 }
 
 #[test]
 fn updates_without_any_full_document() {
-    check("no-full-doc", OrdersConfig { seed: 12, events: 5000, txn_fraction: 0.1, full_document_on_update: 0.0, ..OrdersConfig::default() }, false, 1);
+    check(
+        "no-full-doc",
+        OrdersConfig {
+            seed: 12,
+            events: 5000,
+            txn_fraction: 0.1,
+            full_document_on_update: 0.0,
+            ..OrdersConfig::default()
+        },
+        false,
+        1,
+    );
 }
 
 #[test]
 fn canonical_extended_json() {
-    check("canonical", OrdersConfig { seed: 13, events: 3000, canonical: true, full_document_on_update: 1.0, ..OrdersConfig::default() }, false, 1);
+    check(
+        "canonical",
+        OrdersConfig {
+            seed: 13,
+            events: 3000,
+            canonical: true,
+            full_document_on_update: 1.0,
+            ..OrdersConfig::default()
+        },
+        false,
+        1,
+    );
 }
 
 #[test]
 fn bson_input_file() {
-    check("bson", OrdersConfig { seed: 14, events: 3000, txn_fraction: 0.2, ..OrdersConfig::default() }, true, 1);
+    check(
+        "bson",
+        OrdersConfig {
+            seed: 14,
+            events: 3000,
+            txn_fraction: 0.2,
+            ..OrdersConfig::default()
+        },
+        true,
+        1,
+    );
 }
 
 #[test]
 fn two_workers_agree_with_the_oracle() {
-    check("two-workers", OrdersConfig { seed: 15, events: 4000, txn_fraction: 0.2, full_document_on_update: 0.0, ..OrdersConfig::default() }, false, 2);
+    check(
+        "two-workers",
+        OrdersConfig {
+            seed: 15,
+            events: 4000,
+            txn_fraction: 0.2,
+            full_document_on_update: 0.0,
+            ..OrdersConfig::default()
+        },
+        false,
+        2,
+    );
 }
 
 #[test]
 fn pyarrow_reads_the_same_views() {
     let dir = scratch("pyarrow");
-    let config = OrdersConfig { seed: 16, events: 3000, txn_fraction: 0.2, ..OrdersConfig::default() };
+    let config = OrdersConfig {
+        seed: 16,
+        events: 3000,
+        txn_fraction: 0.2,
+        ..OrdersConfig::default()
+    };
     let lines = lines(config);
     let input = dir.join("events.jsonl");
     std::fs::write(&input, lines.join("\n") + "\n").expect("write");
@@ -67,12 +132,28 @@ fn pyarrow_reads_the_same_views() {
     if let Some(rows) = pyarrow_rows(&dir.join("out/v1.parquet")) {
         let got = rows
             .iter()
-            .map(|r| (r["region"].as_str().expect("region").to_string(), (r["orders"].as_i64().expect("orders"), r["amount"].as_f64().expect("amount"))))
+            .map(|r| {
+                (
+                    r["region"].as_str().expect("region").to_string(),
+                    (
+                        r["orders"].as_i64().expect("orders"),
+                        r["amount"].as_f64().expect("amount"),
+                    ),
+                )
+            })
             .collect();
         assert_v1_eq(&got, &v1);
     }
     if let Some(rows) = pyarrow_rows(&dir.join("out/v2.parquet")) {
-        let got: std::collections::BTreeMap<i64, i64> = rows.iter().map(|r| (r["customer_id"].as_i64().expect("customer"), r["orders"].as_i64().expect("orders"))).collect();
+        let got: std::collections::BTreeMap<i64, i64> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r["customer_id"].as_i64().expect("customer"),
+                    r["orders"].as_i64().expect("orders"),
+                )
+            })
+            .collect();
         assert_eq!(got, v2);
     }
 }
@@ -82,7 +163,10 @@ fn the_bundled_sample_matches_the_oracle() {
     let sample = changeflow::jobs::orders_by_region::bundled_sample();
     let text = std::fs::read_to_string(&sample).expect("bundled sample exists");
     let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    assert!(lines.iter().any(|l| l.contains("\"lsid\"")), "the sample has transactions");
+    assert!(
+        lines.iter().any(|l| l.contains("\"lsid\"")),
+        "the sample has transactions"
+    );
     let dir = scratch("sample");
     let report = run(&OrdersOptions::new(&sample, &dir)).expect("job runs");
     let (v1, v2) = oracle(&lines);

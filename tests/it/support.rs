@@ -11,7 +11,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// A fresh directory under the target dir's tmp area, unique per test.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("it-{name}-{}", std::process::id()));
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("it-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
@@ -26,7 +27,9 @@ pub fn lines(config: OrdersConfig) -> Vec<String> {
 pub fn oracle(lines: &[String]) -> (BTreeMap<String, (i64, f64)>, BTreeMap<i64, i64>) {
     let mut model = ReferenceModel::new();
     for line in lines {
-        model.apply_json_line(line).expect("reference model applies every generated line");
+        model
+            .apply_json_line(line)
+            .expect("reference model applies every generated line");
     }
     (model.orders_by_region(), model.orders_by_customer())
 }
@@ -34,15 +37,30 @@ pub fn oracle(lines: &[String]) -> (BTreeMap<String, (i64, f64)>, BTreeMap<i64, 
 /// Reads v1.parquet as region → (orders, amount) with the parquet crate's Arrow reader.
 pub fn read_v1(path: &Path) -> BTreeMap<String, (i64, f64)> {
     let mut out = BTreeMap::new();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("open v1")).expect("parquet").build().expect("reader");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("open v1"))
+        .expect("parquet")
+        .build()
+        .expect("reader");
     for batch in reader {
         let batch = batch.expect("batch");
-        let region = batch.column_by_name("region").and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned()).expect("region utf8");
-        let orders = batch.column_by_name("orders").and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned()).expect("orders int64");
-        let amount = batch.column_by_name("amount").and_then(|c| c.as_any().downcast_ref::<Float64Array>().cloned()).expect("amount float64");
+        let region = batch
+            .column_by_name("region")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned())
+            .expect("region utf8");
+        let orders = batch
+            .column_by_name("orders")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned())
+            .expect("orders int64");
+        let amount = batch
+            .column_by_name("amount")
+            .and_then(|c| c.as_any().downcast_ref::<Float64Array>().cloned())
+            .expect("amount float64");
         for i in 0..batch.num_rows() {
             assert!(!region.is_null(i), "null region group in v1");
-            out.insert(region.value(i).to_string(), (orders.value(i), amount.value(i)));
+            out.insert(
+                region.value(i).to_string(),
+                (orders.value(i), amount.value(i)),
+            );
         }
     }
     out
@@ -51,11 +69,20 @@ pub fn read_v1(path: &Path) -> BTreeMap<String, (i64, f64)> {
 /// Reads v2.parquet as customer_id → orders.
 pub fn read_v2(path: &Path) -> BTreeMap<i64, i64> {
     let mut out = BTreeMap::new();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("open v2")).expect("parquet").build().expect("reader");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).expect("open v2"))
+        .expect("parquet")
+        .build()
+        .expect("reader");
     for batch in reader {
         let batch = batch.expect("batch");
-        let customer = batch.column_by_name("customer_id").and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned()).expect("customer int64");
-        let orders = batch.column_by_name("orders").and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned()).expect("orders int64");
+        let customer = batch
+            .column_by_name("customer_id")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned())
+            .expect("customer int64");
+        let orders = batch
+            .column_by_name("orders")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>().cloned())
+            .expect("orders int64");
         for i in 0..batch.num_rows() {
             out.insert(customer.value(i), orders.value(i));
         }
@@ -64,12 +91,22 @@ pub fn read_v2(path: &Path) -> BTreeMap<i64, i64> {
 }
 
 /// Asserts V1 equals the oracle: same regions and counts, amounts equal to 1e-9 relative.
-pub fn assert_v1_eq(actual: &BTreeMap<String, (i64, f64)>, expected: &BTreeMap<String, (i64, f64)>) {
-    assert_eq!(actual.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "V1 regions");
+pub fn assert_v1_eq(
+    actual: &BTreeMap<String, (i64, f64)>,
+    expected: &BTreeMap<String, (i64, f64)>,
+) {
+    assert_eq!(
+        actual.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "V1 regions"
+    );
     for (region, (orders, amount)) in expected {
         let (got_orders, got_amount) = actual[region];
         assert_eq!(got_orders, *orders, "V1 orders for {region}");
-        assert!((got_amount - amount).abs() <= 1e-9 * amount.abs().max(1.0), "V1 amount for {region}: {got_amount} vs {amount}");
+        assert!(
+            (got_amount - amount).abs() <= 1e-9 * amount.abs().max(1.0),
+            "V1 amount for {region}: {got_amount} vs {amount}"
+        );
     }
 }
 
@@ -77,11 +114,20 @@ pub fn assert_v1_eq(actual: &BTreeMap<String, (i64, f64)>, expected: &BTreeMap<S
 /// when pyarrow is not installed outside CI. Under CI (`CI=true`) a missing pyarrow fails.
 pub fn pyarrow_rows(path: &Path) -> Option<Vec<serde_json::Value>> {
     let script = "import sys, json, pyarrow.parquet as pq\nt = pq.read_table(sys.argv[1])\nprint(json.dumps(t.to_pylist()))";
-    let output = std::process::Command::new("python3").arg("-c").arg(script).arg(path).output();
+    let output = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .output();
     match output {
-        Ok(out) if out.status.success() => Some(serde_json::from_slice(&out.stdout).expect("pyarrow output is JSON")),
+        Ok(out) if out.status.success() => {
+            Some(serde_json::from_slice(&out.stdout).expect("pyarrow output is JSON"))
+        }
         other => {
-            assert!(std::env::var("CI").is_err(), "pyarrow must be installed in CI (.ci/run installs it): {other:?}");
+            assert!(
+                std::env::var("CI").is_err(),
+                "pyarrow must be installed in CI (.ci/run installs it): {other:?}"
+            );
             eprintln!("pyarrow not available: skipping the independent-reader check");
             None
         }

@@ -19,9 +19,19 @@ use proptest::prelude::*;
 /// One generated step: what to do to which document.
 #[derive(Clone, Debug)]
 enum Step {
-    Write { id: i32, seed: u32 },
-    Update { id: i32, kind: u8, value: i32, with_full_document: bool },
-    Delete { id: i32 },
+    Write {
+        id: i32,
+        seed: u32,
+    },
+    Update {
+        id: i32,
+        kind: u8,
+        value: i32,
+        with_full_document: bool,
+    },
+    Delete {
+        id: i32,
+    },
     Drop,
 }
 
@@ -46,15 +56,33 @@ fn delta(current: &BsonDoc, kind: u8, value: i32) -> BsonDoc {
     let len = current.get_array("arr").map(|a| a.len()).unwrap_or(0) as i32;
     let empty = || Vec::<Bson>::new();
     match kind {
-        0 => doc! { "updatedFields": { "a": value }, "removedFields": empty(), "truncatedArrays": empty() },
-        1 => doc! { "updatedFields": { "sub.x": value, "new.deep.path": value }, "removedFields": empty(), "truncatedArrays": empty() },
-        2 if len > 0 => doc! { "updatedFields": { format!("arr.{}", value.rem_euclid(len)): value }, "removedFields": empty(), "truncatedArrays": empty() },
-        3 => doc! { "updatedFields": { format!("arr.{len}"): value }, "removedFields": empty(), "truncatedArrays": empty() },
-        4 if len > 0 => doc! { "updatedFields": {}, "removedFields": empty(), "truncatedArrays": [{ "field": "arr", "newSize": value.rem_euclid(len) }] },
-        5 => doc! { "updatedFields": {}, "removedFields": ["s", "sub.x"], "truncatedArrays": empty() },
-        6 => doc! { "updatedFields": { "sub.0": value }, "removedFields": empty(), "truncatedArrays": empty(), "disambiguatedPaths": { "sub.0": ["sub", "0"] } },
-        7 if len > 1 => doc! { "updatedFields": { "arr.0": value }, "removedFields": empty(), "truncatedArrays": [{ "field": "arr", "newSize": 1 }] },
-        _ => doc! { "updatedFields": { "s": format!("v{value}") }, "removedFields": empty(), "truncatedArrays": empty() },
+        0 => {
+            doc! { "updatedFields": { "a": value }, "removedFields": empty(), "truncatedArrays": empty() }
+        }
+        1 => {
+            doc! { "updatedFields": { "sub.x": value, "new.deep.path": value }, "removedFields": empty(), "truncatedArrays": empty() }
+        }
+        2 if len > 0 => {
+            doc! { "updatedFields": { format!("arr.{}", value.rem_euclid(len)): value }, "removedFields": empty(), "truncatedArrays": empty() }
+        }
+        3 => {
+            doc! { "updatedFields": { format!("arr.{len}"): value }, "removedFields": empty(), "truncatedArrays": empty() }
+        }
+        4 if len > 0 => {
+            doc! { "updatedFields": {}, "removedFields": empty(), "truncatedArrays": [{ "field": "arr", "newSize": value.rem_euclid(len) }] }
+        }
+        5 => {
+            doc! { "updatedFields": {}, "removedFields": ["s", "sub.x"], "truncatedArrays": empty() }
+        }
+        6 => {
+            doc! { "updatedFields": { "sub.0": value }, "removedFields": empty(), "truncatedArrays": empty(), "disambiguatedPaths": { "sub.0": ["sub", "0"] } }
+        }
+        7 if len > 1 => {
+            doc! { "updatedFields": { "arr.0": value }, "removedFields": empty(), "truncatedArrays": [{ "field": "arr", "newSize": 1 }] }
+        }
+        _ => {
+            doc! { "updatedFields": { "s": format!("v{value}") }, "removedFields": empty(), "truncatedArrays": empty() }
+        }
     }
 }
 
@@ -87,12 +115,22 @@ fn events(steps: &[(Step, bool)]) -> Vec<BsonDoc> {
                 e.insert("fullDocument", new_document(*id, *seed));
                 e
             }
-            Step::Update { id, kind, value, with_full_document } => {
-                let Some(current) = model.get("shop.orders", &Bson::Int32(*id)).cloned() else { continue };
+            Step::Update {
+                id,
+                kind,
+                value,
+                with_full_document,
+            } => {
+                let Some(current) = model.get("shop.orders", &Bson::Int32(*id)).cloned() else {
+                    continue;
+                };
                 let description = delta(&current, *kind, *value);
                 let mut e = header("update", Some(*id));
                 if *with_full_document {
-                    e.insert("fullDocument", apply_update_description(&current, &description).expect("valid delta"));
+                    e.insert(
+                        "fullDocument",
+                        apply_update_description(&current, &description).expect("valid delta"),
+                    );
                 }
                 e.insert("updateDescription", description);
                 e
@@ -121,19 +159,25 @@ fn run_document_state(events: Vec<ChangeEvent>, workers: usize) -> Updates {
         let sink = Arc::clone(&sink);
         let events = events.clone();
         worker.dataflow::<ClusterTime, _, _>(|scope| {
-            document_state(from_events(scope, events), DocumentStats::new()).inspect(move |update| sink.lock().expect("lock").push(update.clone()));
+            document_state(from_events(scope, events), DocumentStats::new())
+                .inspect(move |update| sink.lock().expect("lock").push(update.clone()));
         });
     })
     .expect("timely runs")
     .join();
-    Arc::try_unwrap(seen).expect("workers done").into_inner().expect("lock")
+    Arc::try_unwrap(seen)
+        .expect("workers done")
+        .into_inner()
+        .expect("lock")
 }
 
 fn state_at(updates: &Updates, time: ClusterTime) -> BTreeMap<(String, String), Vec<u8>> {
     let mut counts: BTreeMap<(DocKey, Vec<u8>), isize> = BTreeMap::new();
     for ((key, doc), t, diff) in updates {
         if *t <= time {
-            *counts.entry((key.clone(), doc.as_bytes().to_vec())).or_default() += diff;
+            *counts
+                .entry((key.clone(), doc.as_bytes().to_vec()))
+                .or_default() += diff;
         }
     }
     let mut out = BTreeMap::new();
@@ -143,7 +187,11 @@ fn state_at(updates: &Updates, time: ClusterTime) -> BTreeMap<(String, String), 
             let (k, value) = key.id();
             let mut w = changeflow_core::raw::DocWriter::new();
             w.append(k, "_id", value);
-            let id = bson::Document::from_reader(&w.finish()[..]).expect("id").get("_id").cloned().expect("_id");
+            let id = bson::Document::from_reader(&w.finish()[..])
+                .expect("id")
+                .get("_id")
+                .cloned()
+                .expect("_id");
             let previous = out.insert((key.ns().to_string(), id_key(&id)), bytes);
             assert!(previous.is_none(), "two live versions of {key}");
         }
@@ -153,7 +201,10 @@ fn state_at(updates: &Updates, time: ClusterTime) -> BTreeMap<(String, String), 
 
 fn check(steps: &[(Step, bool)], workers: usize) {
     let events = events(steps);
-    let decoded: Vec<ChangeEvent> = events.iter().map(|e| ChangeEvent::from_bson(e.to_vec().expect("encode")).expect("decode")).collect();
+    let decoded: Vec<ChangeEvent> = events
+        .iter()
+        .map(|e| ChangeEvent::from_bson(e.to_vec().expect("encode")).expect("decode"))
+        .collect();
     let updates = run_document_state(decoded, workers);
     let mut model = ReferenceModel::new();
     let mut i = 0;
@@ -163,7 +214,11 @@ fn check(steps: &[(Step, bool)], workers: usize) {
             model.apply(&events[i]).expect("reference");
             i += 1;
         }
-        let expected: BTreeMap<(String, String), Vec<u8>> = model.documents().iter().map(|(k, d)| (k.clone(), d.to_vec().expect("encode"))).collect();
+        let expected: BTreeMap<(String, String), Vec<u8>> = model
+            .documents()
+            .iter()
+            .map(|(k, d)| (k.clone(), d.to_vec().expect("encode")))
+            .collect();
         let actual = state_at(&updates, ClusterTime::from(time));
         assert_eq!(actual, expected, "document state differs at {time:?}");
     }
@@ -187,14 +242,48 @@ proptest! {
 fn transaction_updating_one_document_three_times_emits_one_net_change() {
     let steps = vec![
         (Step::Write { id: 1, seed: 7 }, false),
-        (Step::Update { id: 1, kind: 0, value: 5, with_full_document: false }, false),
-        (Step::Update { id: 1, kind: 3, value: 6, with_full_document: false }, true),
-        (Step::Update { id: 1, kind: 5, value: 0, with_full_document: false }, true),
+        (
+            Step::Update {
+                id: 1,
+                kind: 0,
+                value: 5,
+                with_full_document: false,
+            },
+            false,
+        ),
+        (
+            Step::Update {
+                id: 1,
+                kind: 3,
+                value: 6,
+                with_full_document: false,
+            },
+            true,
+        ),
+        (
+            Step::Update {
+                id: 1,
+                kind: 5,
+                value: 0,
+                with_full_document: false,
+            },
+            true,
+        ),
     ];
     check(&steps, 1);
     let events = events(&steps);
-    let decoded = events.iter().map(|e| ChangeEvent::from_bson(e.to_vec().expect("encode")).expect("decode")).collect();
+    let decoded = events
+        .iter()
+        .map(|e| ChangeEvent::from_bson(e.to_vec().expect("encode")).expect("decode"))
+        .collect();
     let updates = run_document_state(decoded, 1);
-    let at_txn: Vec<_> = updates.iter().filter(|(_, t, _)| t.seconds() == 102).collect();
-    assert_eq!(at_txn.len(), 2, "one retraction and one insertion for the whole transaction: {at_txn:?}");
+    let at_txn: Vec<_> = updates
+        .iter()
+        .filter(|(_, t, _)| t.seconds() == 102)
+        .collect();
+    assert_eq!(
+        at_txn.len(),
+        2,
+        "one retraction and one insertion for the whole transaction: {at_txn:?}"
+    );
 }

@@ -55,15 +55,27 @@ fn close(a: f64, b: f64) -> bool {
 
 #[test]
 fn every_closed_time_equals_a_batch_recomputation() {
-    let lines: Vec<String> = OrdersWorkload::new(OrdersConfig { seed: 5, events: 1500, txn_fraction: 0.3, full_document_on_update: 0.3, ..OrdersConfig::default() }).collect();
-    let events: Vec<ChangeEvent> = lines.iter().map(|l| ChangeEvent::from_json(l.as_bytes()).expect("decode")).collect();
+    let lines: Vec<String> = OrdersWorkload::new(OrdersConfig {
+        seed: 5,
+        events: 1500,
+        txn_fraction: 0.3,
+        full_document_on_update: 0.3,
+        ..OrdersConfig::default()
+    })
+    .collect();
+    let events: Vec<ChangeEvent> = lines
+        .iter()
+        .map(|l| ChangeEvent::from_json(l.as_bytes()).expect("decode"))
+        .collect();
     let updates: Arc<Mutex<Vec<(Row, ClusterTime, isize)>>> = Arc::default();
     let sink = Arc::clone(&updates);
     let input = events.clone();
     timely::execute_directly(move |worker| {
         worker.dataflow::<ClusterTime, _, _>(|scope| {
             let docs = document_state(from_events(scope, input), DocumentStats::new());
-            definition().build(docs).inspect(move |u| sink.lock().expect("lock").push(u.clone()));
+            definition()
+                .build(docs)
+                .inspect(move |u| sink.lock().expect("lock").push(u.clone()));
         });
     });
     let updates = updates.lock().expect("lock").clone();
@@ -85,12 +97,30 @@ fn every_closed_time_equals_a_batch_recomputation() {
         assert_eq!(view.len(), expected.len(), "groups at {time}");
         for (row, n) in &view {
             assert_eq!(*n, 1, "row multiplicity at {time}");
-            let [Value::String(region), Value::Int(count), Value::Double(sum), Value::Int(min), Value::Int(max), Value::Double(avg), Value::Int(customers)] = row.as_slice() else {
+            let [
+                Value::String(region),
+                Value::Int(count),
+                Value::Double(sum),
+                Value::Int(min),
+                Value::Int(max),
+                Value::Double(avg),
+                Value::Int(customers),
+            ] = row.as_slice()
+            else {
                 panic!("unexpected row shape {row:?}");
             };
             let e = expected[&**region];
-            assert_eq!((*count, *min, *max, *customers), (e.0, e.2, e.3, e.5), "{region} at {time}");
-            assert!(close(sum.0, e.1) && close(avg.0, e.4), "{region} sums at {time}: {} vs {}", sum.0, e.1);
+            assert_eq!(
+                (*count, *min, *max, *customers),
+                (e.0, e.2, e.3, e.5),
+                "{region} at {time}"
+            );
+            assert!(
+                close(sum.0, e.1) && close(avg.0, e.4),
+                "{region} sums at {time}: {} vs {}",
+                sum.0,
+                e.1
+            );
         }
         checked += 1;
     }
