@@ -49,6 +49,9 @@ pub enum SourceError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A source's reader thread could not start or stopped unexpectedly.
+    #[error("source reader thread: {0}")]
+    Thread(String),
     /// Writing the dead-letter file failed (the bad input is not lost: the source stops).
     #[error("cannot write dead letters to {path}: {source}", path = path.display())]
     DeadLetter {

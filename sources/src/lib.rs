@@ -7,6 +7,8 @@
 //!
 //! * [`replay`]: recorded events from a file of Extended JSON lines or BSON documents, once or
 //!   following the file as it grows; bad lines stop the source or go to a dead-letter file.
+//! * [`feed`]: a source fed by a reader thread through a bounded channel (replay uses it; live
+//!   streams will).
 //! * [`memory`]: events held in memory, for tests and examples.
 //! * [`reader`]: the file reader under the replay source, usable without timely.
 //! * [`SourceStatus`]: progress, counters and failure, shared with the driver.
@@ -16,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod feed;
 pub mod memory;
 pub mod reader;
 pub mod replay;

@@ -9,16 +9,19 @@
 //!
 //! # Progress tracking (the frontier rule)
 //!
+//! A reader thread reads and decodes the file and hands batches to the source operator
+//! ([`crate::feed`]), so decoding runs beside the dataflow on another core.
+//!
 //! * The source starts with a capability at `ClusterTime::MIN`.
-//! * Each activation reads up to `batch` events and sends them in one message under the current
+//! * Each batch of up to `batch` events is sent in one message under the current
 //!   capability, each record carrying its own `clusterTime` (see [`EventStream`]); then it
 //!   downgrades the capability to the time of the last event emitted: more events at that time may follow,
 //!   so the source never releases a time it may still emit at, and it never holds a time it has
 //!   passed (the capability moves as soon as a later event is read).
 //! * At the end of the input (or after an `invalidate`, which ends a change stream) it drops the
 //!   capability; the frontier becomes empty and every view settles.
-//! * When following a growing file, reaching the end holds the capability and re-activates the
-//!   operator after `poll_interval`.
+//! * When following a growing file, reaching the end holds the capability; the reader looks
+//!   again after `poll_interval`.
 //! * On a fatal error the source records it in its [`SourceStatus`] and *keeps* its capability:
 //!   no time is released that was not fully read, so nothing downstream commits a partial time.
 //!   The driver sees the error and stops the dataflow.
@@ -52,8 +55,8 @@ use std::time::{Duration, Instant};
 
 use changeflow_core::{ChangeEvent, ClusterTime, EventStream, OperationType};
 use timely::dataflow::Scope;
-use timely::dataflow::operators::generic::operator::source;
 
+use crate::feed::{Feed, fed_source};
 use crate::reader::{EventReader, Read, ReaderOptions};
 use crate::{SourceError, SourceStatus};
 
@@ -92,127 +95,85 @@ impl ReplayOptions {
 }
 
 /// Replays the file in `options` into `scope` as a stream of change events at their cluster
-/// times (see the module docs for the frontier rule). Worker 0 reads; other workers emit nothing.
+/// times (see the module docs for the frontier rule). A reader thread started by worker 0 reads
+/// and decodes; other workers emit nothing.
 pub fn replay<'scope>(
     scope: Scope<'scope, ClusterTime>,
     options: ReplayOptions,
 ) -> EventStream<'scope> {
-    let reads = scope.index() == 0;
-    let activations = scope.activations();
-    source(scope, "Replay", move |capability, info| {
-        let activator = timely::scheduling::Activator::new(info.address, activations);
-        let mut capability = reads.then_some(capability);
-        let mut reader: Option<EventReader> = None;
-        let mut last_data = Instant::now();
-        let mut run: Vec<(ChangeEvent, ClusterTime)> = Vec::new();
-        let status = options.status();
-        move |output| {
-            let Some(cap) = capability.as_mut() else {
-                return;
-            };
-            if status.error().is_some() {
-                return;
-            }
-            if reader.is_none() {
-                match EventReader::open(options.reader.clone()) {
-                    Ok(r) => reader = Some(r),
-                    Err(e) => return status.fail(e),
-                }
-            }
-            let Some(input) = reader.as_mut() else { return };
-            let mut emitted = 0u64;
-            let mut last_event: Option<(ClusterTime, Option<changeflow_core::ResumeToken>)> = None;
-            let mut outcome = Outcome::More;
-            let mut run_time = *cap.time();
-            for _ in 0..options.batch {
-                match input.next_event() {
-                    Ok(Read::Event { line, event }) => {
-                        let time = event.cluster_time();
-                        if time < *cap.time() {
-                            let frontier = *cap.time();
-                            outcome = Outcome::Failed(SourceError::OutOfOrder {
-                                path: input.path().to_path_buf(),
-                                line,
-                                time,
-                                frontier,
-                            });
-                            break;
-                        }
-                        if time < run_time {
-                            outcome = Outcome::Failed(SourceError::OutOfOrder {
-                                path: input.path().to_path_buf(),
-                                line,
-                                time,
-                                frontier: run_time,
-                            });
-                            break;
-                        }
-                        run_time = time;
-                        let ends = event.operation() == &OperationType::Invalidate
-                            && !options.continue_after_invalidate;
-                        if ends {
-                            last_event = Some((time, Some(event.token())));
-                        }
-                        run.push((event, time));
-                        emitted += 1;
-                        if ends {
-                            outcome = Outcome::End;
-                            break;
-                        }
-                    }
-                    Ok(Read::DeadLettered { .. }) => {
-                        status.set_dead_lettered(input.dead_lettered())
-                    }
-                    Ok(Read::Idle) => {
-                        outcome = Outcome::Idle;
-                        break;
-                    }
-                    Ok(Read::End) => {
-                        outcome = Outcome::End;
-                        break;
-                    }
-                    Err(e) => {
-                        outcome = Outcome::Failed(e);
-                        break;
-                    }
-                }
-            }
-            if let Some((last, time)) = run.last() {
-                last_event.get_or_insert_with(|| (*time, Some(last.token())));
-                output.session(&*cap).give_iterator(run.drain(..));
-            }
-            status.add_events(emitted);
-            if let Some((time, token)) = last_event {
-                cap.downgrade(&time);
-                status.set_position(time, token);
-                last_data = Instant::now();
-            }
-            match outcome {
-                Outcome::More => activator.activate(),
-                Outcome::Idle => {
-                    if options
-                        .idle_timeout
-                        .is_some_and(|limit| last_data.elapsed() >= limit)
-                    {
-                        capability = None;
-                        status.finish();
-                    } else {
-                        activator.activate_after(options.poll_interval);
-                    }
-                }
-                Outcome::End => {
-                    capability = None;
-                    status.finish();
-                }
-                Outcome::Failed(e) => status.fail(e),
-            }
-        }
+    let status = options.status();
+    fed_source(scope, "Replay", status.clone(), 4, move |feed| {
+        read_file(feed, &options, &status)
     })
 }
 
-enum Outcome {
-    More,
-    Idle,
-    End,
-    Failed(SourceError),
+/// The reader thread: reads the file in batches and feeds them to the source.
+fn read_file(mut feed: Feed, options: &ReplayOptions, status: &SourceStatus) {
+    let mut input = match EventReader::open(options.reader.clone()) {
+        Ok(input) => input,
+        Err(e) => return feed.fail(e),
+    };
+    let mut last_data = Instant::now();
+    let mut batch: Vec<(ChangeEvent, ClusterTime)> = Vec::with_capacity(options.batch);
+    let mut last_time = ClusterTime::MIN;
+    loop {
+        let mut idle = false;
+        let mut ended = false;
+        while batch.len() < options.batch {
+            match input.next_event() {
+                Ok(Read::Event { line, event }) => {
+                    let time = event.cluster_time();
+                    if time < last_time {
+                        let _ = feed.events(std::mem::take(&mut batch));
+                        return feed.fail(SourceError::OutOfOrder {
+                            path: input.path().to_path_buf(),
+                            line,
+                            time,
+                            frontier: last_time,
+                        });
+                    }
+                    last_time = time;
+                    let invalidates = event.operation() == &OperationType::Invalidate
+                        && !options.continue_after_invalidate;
+                    batch.push((event, time));
+                    if invalidates {
+                        ended = true;
+                        break;
+                    }
+                }
+                Ok(Read::DeadLettered { .. }) => status.set_dead_lettered(input.dead_lettered()),
+                Ok(Read::Idle) => {
+                    idle = true;
+                    break;
+                }
+                Ok(Read::End) => {
+                    ended = true;
+                    break;
+                }
+                Err(e) => {
+                    let _ = feed.events(std::mem::take(&mut batch));
+                    return feed.fail(e);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            last_data = Instant::now();
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(options.batch));
+            if feed.events(full).is_err() {
+                return;
+            }
+        }
+        if ended {
+            return feed.end();
+        }
+        if idle {
+            if options
+                .idle_timeout
+                .is_some_and(|limit| last_data.elapsed() >= limit)
+            {
+                return feed.end();
+            }
+            std::thread::sleep(options.poll_interval);
+        }
+    }
 }

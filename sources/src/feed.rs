@@ -1,0 +1,181 @@
+//! A source fed from another thread: the reader does I/O and decoding, the worker only emits.
+//!
+//! ```text
+//!   reader thread                              timely worker 0
+//!   (file, driver, ...)                        [source operator]
+//!     decode events ──▶ bounded channel ──▶  emit batch under its capability,
+//!     Feed::events         (backpressure)     downgrade to the batch's last time
+//!     Feed::progress   ── SyncActivator ──▶  wakes the worker (timely schedules lazily)
+//!     Feed::end / fail
+//! ```
+//!
+//! # Progress tracking (the frontier rule)
+//!
+//! * The operator starts with a capability at `ClusterTime::MIN`.
+//! * A batch is emitted in one message under the current capability, each record carrying its
+//!   own time; the capability is then downgraded to the batch's last time (more events at that
+//!   time may follow), never further.
+//! * [`Feed::progress`] (e.g. a post-batch resume token of an idle stream) downgrades the
+//!   capability to a later time with no event: the stream is known to have moved past
+//!   everything before it.
+//! * [`Feed::end`] drops the capability. [`Feed::fail`] records the error in the
+//!   [`SourceStatus`] and *keeps* the capability, so no partial time is released; a reader that
+//!   goes away without either is reported as a failure too.
+//!
+//! Only worker 0 runs a reader; other workers' copies of the source drop their capability at once.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+
+use changeflow_core::{ChangeEvent, ClusterTime, EventStream, ResumeToken};
+use timely::dataflow::Scope;
+use timely::dataflow::operators::generic::operator::source;
+use timely::scheduling::SyncActivator;
+
+use crate::{SourceError, SourceStatus};
+
+/// What a reader thread sends to its source operator.
+enum Message {
+    Events(Vec<(ChangeEvent, ClusterTime)>),
+    Progress(ClusterTime, Option<ResumeToken>),
+    End,
+    Fail(Box<SourceError>),
+}
+
+/// The reader thread's end of a fed source.
+pub struct Feed {
+    sender: SyncSender<Message>,
+    activator: SyncActivator,
+    last: ClusterTime,
+}
+
+/// The source operator has gone (its dataflow was dropped): the reader should stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the source's dataflow is gone")]
+pub struct Disconnected;
+
+impl Feed {
+    fn send(&mut self, message: Message) -> Result<(), Disconnected> {
+        self.sender.send(message).map_err(|_| Disconnected)?;
+        self.activator.activate().map_err(|_| Disconnected)
+    }
+
+    /// Sends a batch of events in stream order (times never decrease across batches).
+    pub fn events(&mut self, batch: Vec<(ChangeEvent, ClusterTime)>) -> Result<(), Disconnected> {
+        if let Some((_, t)) = batch.last() {
+            debug_assert!(
+                batch.first().is_some_and(|(_, f)| *f >= self.last),
+                "times must not decrease"
+            );
+            self.last = *t;
+            self.send(Message::Events(batch))?;
+        }
+        Ok(())
+    }
+
+    /// Declares that no event before `time` will follow (an idle stream's post-batch token).
+    pub fn progress(
+        &mut self,
+        time: ClusterTime,
+        token: Option<ResumeToken>,
+    ) -> Result<(), Disconnected> {
+        if time > self.last {
+            self.last = time;
+            self.send(Message::Progress(time, token))?;
+        }
+        Ok(())
+    }
+
+    /// The input ended normally.
+    pub fn end(mut self) {
+        let _ = self.send(Message::End);
+    }
+
+    /// The input failed; the source keeps its capability and reports `error`.
+    pub fn fail(mut self, error: SourceError) {
+        let _ = self.send(Message::Fail(Box::new(error)));
+    }
+
+    /// The time of the last event or progress sent.
+    pub fn last_time(&self) -> ClusterTime {
+        self.last
+    }
+}
+
+/// Builds a source whose events come from `reader`, run on its own thread on worker 0 with a
+/// channel of `capacity` batches (see the module docs).
+pub fn fed_source<'scope, R>(
+    scope: Scope<'scope, ClusterTime>,
+    name: &str,
+    status: Arc<SourceStatus>,
+    capacity: usize,
+    reader: R,
+) -> EventStream<'scope>
+where
+    R: FnOnce(Feed) + Send + 'static,
+{
+    let reads = scope.index() == 0;
+    let thread_name = format!("changeflow-{name}");
+    source(scope, name, move |capability, info| {
+        let mut capability = reads.then_some(capability);
+        let mut receiver: Option<Receiver<Message>> = None;
+        if reads {
+            let (sender, rx) = sync_channel(capacity.max(1));
+            let activator = scope.worker().sync_activator_for(info.address.to_vec());
+            let feed = Feed {
+                sender,
+                activator,
+                last: ClusterTime::MIN,
+            };
+            let spawned = std::thread::Builder::new()
+                .name(thread_name)
+                .spawn(move || reader(feed));
+            match spawned {
+                Ok(_) => receiver = Some(rx),
+                Err(e) => status.fail(SourceError::Thread(e.to_string())),
+            }
+        }
+        move |output| {
+            let ended = {
+                let (Some(cap), Some(rx)) = (capability.as_mut(), receiver.as_ref()) else {
+                    return;
+                };
+                loop {
+                    match rx.try_recv() {
+                        Ok(Message::Events(batch)) => {
+                            let Some((last, time)) = batch.last() else {
+                                continue;
+                            };
+                            let (time, token) = (*time, last.token());
+                            status.add_events(batch.len() as u64);
+                            output.session(&*cap).give_iterator(batch.into_iter());
+                            cap.downgrade(&time);
+                            status.set_position(time, Some(token));
+                        }
+                        Ok(Message::Progress(time, token)) => {
+                            cap.downgrade(&time);
+                            status.set_position(time, token);
+                        }
+                        Ok(Message::End) => break true,
+                        Ok(Message::Fail(error)) => {
+                            status.fail(*error);
+                            break false;
+                        }
+                        Err(TryRecvError::Empty) => return,
+                        Err(TryRecvError::Disconnected) => {
+                            status.fail(SourceError::Thread(
+                                "the reader thread stopped without ending its input".into(),
+                            ));
+                            break false;
+                        }
+                    }
+                }
+            };
+            receiver = None;
+            if ended {
+                capability = None;
+                status.finish();
+            }
+        }
+    })
+}
