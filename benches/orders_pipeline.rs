@@ -199,7 +199,9 @@ fn baseline(path: &Path) -> (u64, f64, i64) {
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 /// Runs one phase in this process and prints `events seconds peak_rss live_orders`.
@@ -207,11 +209,18 @@ fn phase(which: &str, input: &Path, out: &Path) {
     let (events, seconds, live) = match which {
         "changeflow" => {
             let report = run(&OrdersOptions::new(input, out)).expect("changeflow job");
-            (report.events, report.elapsed.as_secs_f64(), changeflow::jobs::orders_by_region::live_orders(&report))
+            (
+                report.events,
+                report.elapsed.as_secs_f64(),
+                changeflow::jobs::orders_by_region::live_orders(&report),
+            )
         }
         _ => baseline(input),
     };
-    println!("{events} {seconds} {} {live}", peak_rss_bytes().unwrap_or(0));
+    println!(
+        "{events} {seconds} {} {live}",
+        peak_rss_bytes().unwrap_or(0)
+    );
 }
 
 /// Runs a phase in a child process (so each has its own peak RSS and allocator state).
@@ -224,29 +233,53 @@ fn child(which: &str, input: &Path, out: &Path) -> (f64, u64, i64) {
         .arg(out)
         .output()
         .expect("run phase");
-    assert!(output.status.success(), "{which} failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{which} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = String::from_utf8_lossy(&output.stdout);
     let fields: Vec<&str> = text.split_whitespace().collect();
-    let number = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).expect("phase output");
+    let number = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .expect("phase output")
+    };
     (number(0) / number(1), number(2) as u64, number(3) as i64)
 }
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-data");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("bench-data");
     if let (Some(which), Some(input), Some(out)) = (arg("--phase"), arg("--input"), arg("--out")) {
         return phase(&which, Path::new(&input), Path::new(&out));
     }
-    let events: usize = arg("--events").and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let events: usize = arg("--events")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let runs: usize = arg("--runs").and_then(|v| v.parse().ok()).unwrap_or(3);
     std::fs::create_dir_all(&dir).expect("bench dir");
     let input: PathBuf = dir.join(format!("orders-{events}.jsonl"));
     if !input.exists() {
-        let config = OrdersConfig { seed: 42, events, txn_fraction: 0.1, full_document_on_update: 0.5, ..OrdersConfig::default() };
+        let config = OrdersConfig {
+            seed: 42,
+            events,
+            txn_fraction: 0.1,
+            full_document_on_update: 0.5,
+            ..OrdersConfig::default()
+        };
         let mut out = BufWriter::new(std::fs::File::create(&input).expect("create"));
         write_json_lines(config, &mut out).expect("generate");
     }
-    let mb = std::fs::metadata(&input).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
-    println!("input: {} ({events} events, {mb:.0} MB); best of {runs} runs, one worker, each phase in its own process", input.display());
+    let mb = std::fs::metadata(&input)
+        .map(|m| m.len() as f64 / 1e6)
+        .unwrap_or(0.0);
+    println!(
+        "input: {} ({events} events, {mb:.0} MB); best of {runs} runs, one worker, each phase in its own process",
+        input.display()
+    );
 
     let (mut ours, mut base) = (0f64, 0f64);
     let (mut ours_rss, mut base_rss) = (0u64, 0u64);
@@ -255,14 +288,23 @@ fn main() {
         let (rate, rss, live) = child("changeflow", &input, &out);
         let (base_rate, base_peak, base_live) = child("baseline", &input, &out);
         assert_eq!(live, base_live, "both pipelines count the same live orders");
-        println!("run {run_index}: changeflow {rate:>10.0} events/s   baseline {base_rate:>10.0} events/s   ratio {:.2}", rate / base_rate);
+        println!(
+            "run {run_index}: changeflow {rate:>10.0} events/s   baseline {base_rate:>10.0} events/s   ratio {:.2}",
+            rate / base_rate
+        );
         ours = ours.max(rate);
         base = base.max(base_rate);
         ours_rss = ours_rss.max(rss);
         base_rss = base_rss.max(base_peak);
     }
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    println!("changeflow: {ours:.0} events/s, peak RSS {:.0} MiB", mib(ours_rss));
-    println!("baseline:   {base:.0} events/s, peak RSS {:.0} MiB", mib(base_rss));
+    println!(
+        "changeflow: {ours:.0} events/s, peak RSS {:.0} MiB",
+        mib(ours_rss)
+    );
+    println!(
+        "baseline:   {base:.0} events/s, peak RSS {:.0} MiB",
+        mib(base_rss)
+    );
     println!("ratio changeflow / baseline: {:.2}", ours / base);
 }

@@ -34,6 +34,34 @@ use crate::stash::TimeStash;
 /// `on_frontier(frontier)` is told each time the closed frontier moves (`None`: complete).
 pub fn on_closed_times<'scope, D, F, G>(
     view: VecCollection<'scope, ClusterTime, D, isize>,
+    callback: F,
+    on_frontier: G,
+) where
+    D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static,
+    F: FnMut(ClusterTime, &[(D, isize)]) + 'static,
+    G: FnMut(Option<ClusterTime>) + 'static,
+{
+    on_closed(view, true, callback, on_frontier)
+}
+
+/// Like [`on_closed_times`], but each call covers every time closed since the last call: the
+/// changes of all of them consolidated together, with the last of those times. For consumers
+/// that need the view *at* closed times but not each time's own changes (a view handle).
+pub fn on_closed_batches<'scope, D, F, G>(
+    view: VecCollection<'scope, ClusterTime, D, isize>,
+    callback: F,
+    on_frontier: G,
+) where
+    D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static,
+    F: FnMut(ClusterTime, &[(D, isize)]) + 'static,
+    G: FnMut(Option<ClusterTime>) + 'static,
+{
+    on_closed(view, false, callback, on_frontier)
+}
+
+fn on_closed<'scope, D, F, G>(
+    view: VecCollection<'scope, ClusterTime, D, isize>,
+    per_time: bool,
     mut callback: F,
     mut on_frontier: G,
 ) where
@@ -58,7 +86,11 @@ pub fn on_closed_times<'scope, D, F, G>(
                         while let Some((time, change)) = records.next() {
                             changes.clear();
                             changes.push(change);
-                            while let Some((_, next)) = records.next_if(|(t, _)| *t == time) {
+                            let mut last = time;
+                            while let Some((t, next)) =
+                                records.next_if(|(t, _)| !per_time || *t == time)
+                            {
+                                last = t;
                                 changes.push(next);
                             }
                             consolidate(&mut changes);
@@ -66,7 +98,7 @@ pub fn on_closed_times<'scope, D, F, G>(
                                 (a.1 > 0).cmp(&(b.1 > 0)).then_with(|| a.0.cmp(&b.0))
                             });
                             if !changes.is_empty() {
-                                callback(time, &changes);
+                                callback(last, &changes);
                             }
                         }
                     }
@@ -159,7 +191,7 @@ impl<D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static> ViewHandle<
     pub fn attach<'scope>(&self, view: VecCollection<'scope, ClusterTime, D, isize>) {
         let apply = self.clone();
         let frontier = self.clone();
-        on_closed_times(
+        on_closed_batches(
             view,
             move |time, changes| {
                 let (lock, cvar) = &*apply.shared;

@@ -214,6 +214,48 @@ impl Field {
 pub fn extract_row(
     doc: &[u8],
     fields: &[Field],
+    mismatch: impl FnMut(&TypeMismatch),
+) -> Vec<Value> {
+    extract_row_interned(doc, fields, &mut Interner::default(), mismatch)
+}
+
+/// Shares the `Arc<str>` of strings seen before, so reading a string value that repeats (a
+/// region, a status) costs no allocation. Bounded: it forgets everything past `LIMIT` strings.
+///
+/// ```
+/// use changeflow_operators::value::Interner;
+/// let mut strings = Interner::default();
+/// let a = strings.intern("eu");
+/// let b = strings.intern("eu");
+/// assert!(std::sync::Arc::ptr_eq(&a, &b));
+/// ```
+#[derive(Default, Debug)]
+pub struct Interner {
+    strings: std::collections::HashSet<Arc<str>>,
+}
+
+impl Interner {
+    const LIMIT: usize = 1 << 16;
+
+    /// The shared `Arc<str>` for `s`.
+    pub fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.strings.get(s) {
+            return Arc::clone(shared);
+        }
+        if self.strings.len() >= Self::LIMIT {
+            self.strings.clear();
+        }
+        let shared: Arc<str> = s.into();
+        self.strings.insert(Arc::clone(&shared));
+        shared
+    }
+}
+
+/// [`extract_row`] with an [`Interner`] for string values.
+pub fn extract_row_interned(
+    doc: &[u8],
+    fields: &[Field],
+    strings: &mut Interner,
     mut mismatch: impl FnMut(&TypeMismatch),
 ) -> Vec<Value> {
     let mut row = vec![Value::Null; fields.len()];
@@ -237,7 +279,11 @@ pub fn extract_row(
         let Ok(element) = element else { break };
         for (slot, field) in row.iter_mut().zip(fields) {
             if field.path.len() == 1 && field.path[0] == element.key {
-                *slot = convert(&element, field.ty).unwrap_or_else(|| {
+                let value = match (field.ty, element.as_str()) {
+                    (ValueType::String, Some(s)) => Some(Value::String(strings.intern(s))),
+                    _ => convert(&element, field.ty),
+                };
+                *slot = value.unwrap_or_else(|| {
                     mismatch(&TypeMismatch {
                         field: field.name.clone(),
                         found: element.kind,

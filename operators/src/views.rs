@@ -53,7 +53,7 @@ use timely::dataflow::operators::generic::Operator;
 use crate::documents::{DocKey, Documents, hash_of};
 use crate::fxhash::FxHashMap;
 use crate::stash::TimeStash;
-use crate::value::{F64, Field, Value, ValueType, extract_row};
+use crate::value::{F64, Field, Interner, Value, ValueType, extract_row_interned};
 
 /// One row of a view: key columns followed by aggregate columns.
 pub type Row = Vec<Value>;
@@ -204,8 +204,8 @@ impl GroupBy {
     }
 
     /// Reads the key row and aggregate inputs of one document, in one pass over its elements.
-    fn read(&self, doc: &Document, fields: &[Field]) -> (Row, Row) {
-        let mut values = extract_row(doc.as_bytes(), fields, |_| {
+    fn read(&self, doc: &Document, fields: &[Field], strings: &mut Interner) -> (Row, Row) {
+        let mut values = extract_row_interned(doc.as_bytes(), fields, strings, |_| {
             self.stats.type_mismatches.fetch_add(1, Ordering::Relaxed);
         });
         let inputs = values.split_off(self.keys.len());
@@ -235,8 +235,9 @@ impl GroupBy {
         let spec = self.clone();
         let ns: Arc<str> = self.namespace.as_str().into();
         let fields = self.fields();
+        let mut strings = Interner::default();
         let contributions = documents.flat_map(move |(key, doc): (DocKey, Document)| {
-            (key.ns() == &*ns).then(|| spec.read(&doc, &fields))
+            (key.ns() == &*ns).then(|| spec.read(&doc, &fields, &mut strings))
         });
         // An update that leaves the view's fields alone retracts and re-adds the same
         // contribution: cancel those before they travel (most updates touch other fields).
