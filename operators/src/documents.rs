@@ -291,34 +291,62 @@ type Id = Arc<[u8]>;
 type NamespaceParts = (Arc<str>, Option<Arc<str>>);
 
 /// One worker's document versions, and the versions before the time being applied.
+///
+/// Namespaces are numbered in order of first appearance; versions live in one map per
+/// namespace, keyed by `_id` bytes, so the hot path hashes a short byte string, not a name.
 #[derive(Default)]
 struct State {
-    docs: FxHashMap<Arc<str>, FxHashMap<Id, Document>>,
-    names: FxHashMap<NamespaceParts, Arc<str>>,
+    /// Namespace names (`"db.coll"`) by number.
+    names: Vec<Arc<str>>,
+    numbers: FxHashMap<NamespaceParts, u32>,
+    /// The namespace of the previous event, to skip the lookup for runs of one namespace.
+    last: Option<(NamespaceParts, u32)>,
+    /// Versions per namespace number.
+    docs: Vec<FxHashMap<Id, Document>>,
     /// Keys touched in the current time, with their version before it.
-    before: FxHashMap<(Arc<str>, Id), Option<Document>>,
+    before: FxHashMap<(u32, Id), Option<Document>>,
     id_buf: Vec<u8>,
 }
 
 impl State {
-    fn ns_name(&mut self, ns: &Namespace) -> Arc<str> {
-        if let Some(name) = self.names.get(&(Arc::clone(&ns.db), ns.coll.clone())) {
-            return Arc::clone(name);
+    /// The number of namespace `ns`, assigned on first sight.
+    fn ns_number(&mut self, ns: &Namespace) -> u32 {
+        if let Some(((db, coll), n)) = &self.last
+            && **db == *ns.db
+            && coll.as_deref() == ns.coll.as_deref()
+        {
+            return *n;
         }
-        let name: Arc<str> = ns.to_string().into();
-        self.names
-            .insert((Arc::clone(&ns.db), ns.coll.clone()), Arc::clone(&name));
-        name
+        let parts = (Arc::clone(&ns.db), ns.coll.clone());
+        let n = match self.numbers.get(&parts) {
+            Some(n) => *n,
+            None => {
+                let n = self.names.len() as u32;
+                self.names.push(ns.to_string().into());
+                self.docs.push(FxHashMap::default());
+                self.numbers.insert(parts.clone(), n);
+                n
+            }
+        };
+        self.last = Some((parts, n));
+        n
+    }
+
+    fn docs_of(&self, ns: u32) -> &FxHashMap<Id, Document> {
+        &self.docs[ns as usize]
     }
 
     /// Emits the net change of every key touched since the last call.
     fn drain_changes(&mut self, mut emit: impl FnMut(DocKey, Document, isize)) {
         for ((ns, id), old) in self.before.drain() {
-            let new = self.docs.get(&ns).and_then(|m| m.get(&id)).cloned();
+            let new = self.docs[ns as usize].get(&id).cloned();
             if old == new {
                 continue;
             }
-            let key = DocKey { ns, id };
+            let key = DocKey {
+                ns: Arc::clone(&self.names[ns as usize]),
+                id,
+            };
             if let Some(old) = old {
                 emit(key.clone(), old, -1);
             }
@@ -328,27 +356,27 @@ impl State {
         }
     }
 
-    /// Sets (or with `None` removes) the version of `id` in `ns`, remembering the version before
-    /// the current time.
-    fn set(&mut self, ns: &Arc<str>, id: &[u8], doc: Option<Document>) {
-        let docs = self.docs.entry(Arc::clone(ns)).or_default();
-        let (key, old) = match (docs.get_key_value(id).map(|(k, _)| Arc::clone(k)), doc) {
-            (Some(key), Some(doc)) => {
-                let old = docs.insert(Arc::clone(&key), doc);
+    /// Sets (or with `None` removes) the version of `id` in namespace `ns`, remembering the
+    /// version before the current time.
+    fn set(&mut self, ns: u32, id: &[u8], doc: Option<Document>) {
+        let docs = &mut self.docs[ns as usize];
+        let (key, old) = match docs.get_key_value(id).map(|(k, _)| Arc::clone(k)) {
+            Some(key) => {
+                let old = match doc {
+                    Some(doc) => docs.get_mut(id).map(|slot| std::mem::replace(slot, doc)),
+                    None => docs.remove(id),
+                };
                 (key, old)
             }
-            (Some(key), None) => {
-                let old = docs.remove(id);
-                (key, old)
-            }
-            (None, Some(doc)) => {
+            None => {
                 let key: Id = id.into();
-                docs.insert(Arc::clone(&key), doc);
+                if let Some(doc) = doc {
+                    docs.insert(Arc::clone(&key), doc);
+                }
                 (key, None)
             }
-            (None, None) => (id.into(), None),
         };
-        self.before.entry((Arc::clone(ns), key)).or_insert(old);
+        self.before.entry((ns, key)).or_insert(old);
     }
 
     fn apply(&mut self, event: &ChangeEvent, stats: &DocumentStats) {
@@ -359,7 +387,7 @@ impl State {
             }
             return;
         };
-        let ns_name = self.ns_name(ns);
+        let ns_number = self.ns_number(ns);
         let mut id = std::mem::take(&mut self.id_buf);
         id.clear();
         if let Some((k, v)) = event.document_id() {
@@ -370,14 +398,14 @@ impl State {
         match op {
             OperationType::Insert | OperationType::Replace => {
                 if let (true, Some(Ok(doc))) = (has_id, event.full_document()) {
-                    self.set(&ns_name, &id, Some(doc));
+                    self.set(ns_number, &id, Some(doc));
                     DocumentStats::bump(&stats.applied);
                 } else {
                     DocumentStats::bump(&stats.unapplied);
                 }
             }
             OperationType::Update if has_id => {
-                let previous = self.docs.get(&ns_name).and_then(|m| m.get(id.as_slice()));
+                let previous = self.docs_of(ns_number).get(id.as_slice());
                 let delta = event.update_description_bytes();
                 let post_image = || event.full_document().and_then(Result::ok);
                 let next = match (previous, delta) {
@@ -403,34 +431,30 @@ impl State {
                 if next.is_some() {
                     DocumentStats::bump(&stats.applied);
                 }
-                self.set(&ns_name, &id, next);
+                self.set(ns_number, &id, next);
             }
             OperationType::Update => DocumentStats::bump(&stats.unapplied),
             OperationType::Delete if has_id => {
-                let known = self
-                    .docs
-                    .get(&ns_name)
-                    .is_some_and(|m| m.contains_key(id.as_slice()));
-                if !known {
+                if !self.docs_of(ns_number).contains_key(id.as_slice()) {
                     DocumentStats::bump(&stats.deletes_of_unknown);
                 }
-                self.set(&ns_name, &id, None);
+                self.set(ns_number, &id, None);
                 DocumentStats::bump(&stats.applied);
             }
-            OperationType::Drop => self.retract_namespaces(|ns| *ns == *ns_name),
+            OperationType::Drop => self.retract_namespaces(|n| n == ns_number, |_| false),
             OperationType::DropDatabase => {
                 let prefix = format!("{}.", ns.db);
-                self.retract_namespaces(|ns| ns.starts_with(&prefix))
+                self.retract_namespaces(|_| false, |name| name.starts_with(&prefix))
             }
             OperationType::Rename => match event.to() {
                 Some(to) => {
-                    let target = self.ns_name(&to);
-                    let moved = self.docs.remove(&ns_name).unwrap_or_default();
+                    let target = self.ns_number(&to);
+                    let moved = std::mem::take(&mut self.docs[ns_number as usize]);
                     for (id, doc) in moved {
                         self.before
-                            .entry((Arc::clone(&ns_name), Arc::clone(&id)))
+                            .entry((ns_number, Arc::clone(&id)))
                             .or_insert(Some(doc.clone()));
-                        self.set(&target, &id, Some(doc));
+                        self.set(target, &id, Some(doc));
                     }
                 }
                 None => DocumentStats::bump(&stats.unapplied),
@@ -441,13 +465,13 @@ impl State {
         self.id_buf = id;
     }
 
-    fn retract_namespaces(&mut self, matches: impl Fn(&str) -> bool) {
-        let doomed: Vec<Arc<str>> = self.docs.keys().filter(|ns| matches(ns)).cloned().collect();
-        for ns in doomed {
-            for (id, doc) in self.docs.remove(&ns).unwrap_or_default() {
-                self.before
-                    .entry((Arc::clone(&ns), id))
-                    .or_insert(Some(doc));
+    /// Retracts every document of the namespaces whose number or name matches.
+    fn retract_namespaces(&mut self, number: impl Fn(u32) -> bool, name: impl Fn(&str) -> bool) {
+        for n in 0..self.names.len() {
+            if number(n as u32) || name(&self.names[n]) {
+                for (id, doc) in std::mem::take(&mut self.docs[n]) {
+                    self.before.entry((n as u32, id)).or_insert(Some(doc));
+                }
             }
         }
     }
