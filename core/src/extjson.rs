@@ -79,30 +79,7 @@ const MAX_DOCUMENT_SIZE: usize = 16 * 1024 * 1024;
 /// Above this many keys, a document finds repeated keys with a hash map instead of a scan.
 const INDEX_THRESHOLD: usize = 32;
 
-/// BSON element type bytes.
-mod ty {
-    pub const DOUBLE: u8 = 0x01;
-    pub const STRING: u8 = 0x02;
-    pub const DOCUMENT: u8 = 0x03;
-    pub const ARRAY: u8 = 0x04;
-    pub const BINARY: u8 = 0x05;
-    pub const UNDEFINED: u8 = 0x06;
-    pub const OBJECT_ID: u8 = 0x07;
-    pub const BOOLEAN: u8 = 0x08;
-    pub const DATE_TIME: u8 = 0x09;
-    pub const NULL: u8 = 0x0A;
-    pub const REGEX: u8 = 0x0B;
-    pub const DB_POINTER: u8 = 0x0C;
-    pub const CODE: u8 = 0x0D;
-    pub const SYMBOL: u8 = 0x0E;
-    pub const CODE_WITH_SCOPE: u8 = 0x0F;
-    pub const INT32: u8 = 0x10;
-    pub const TIMESTAMP: u8 = 0x11;
-    pub const INT64: u8 = 0x12;
-    pub const DECIMAL128: u8 = 0x13;
-    pub const MIN_KEY: u8 = 0xFF;
-    pub const MAX_KEY: u8 = 0x7F;
-}
+use crate::raw::kind as ty;
 
 /// Transcodes one Extended JSON document (an object) into BSON bytes appended to `out`
 /// (the caller clears `out` first if it wants only this document).
@@ -1312,7 +1289,7 @@ fn emit(
                 ScopeKind::Absent | ScopeKind::Null => {
                     out.truncate(start);
                     put_string(out, code)?;
-                    ty::CODE
+                    ty::JAVASCRIPT
                 }
                 ScopeKind::Invalid => {
                     return Err(bad("$scope must be an object".into()));
@@ -1326,7 +1303,7 @@ fn emit(
                     head.extend_from_slice(&bson_len(total).ok_or(ExtJsonError::TooLarge)?);
                     put_string(&mut head, code)?;
                     out.splice(start..start, head);
-                    ty::CODE_WITH_SCOPE
+                    ty::JAVASCRIPT_WITH_SCOPE
                 }
             }
         }
@@ -1340,7 +1317,7 @@ fn emit(
         }
         Wrapper::Date => {
             out.extend_from_slice(&date(v).map_err(bad)?.to_le_bytes());
-            ty::DATE_TIME
+            ty::DATETIME
         }
         Wrapper::MinKey | Wrapper::MaxKey => {
             if v.unsigned() != Some(1) {

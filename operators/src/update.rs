@@ -81,6 +81,25 @@ enum Component<'a> {
     Index(usize),
 }
 
+impl Component<'_> {
+    /// The field name this component names in a document, if it can name one.
+    fn field(&self) -> Option<&str> {
+        match self {
+            Component::Ambiguous(s) => Some(s),
+            Component::Field(s) => Some(s),
+            Component::Index(_) => None,
+        }
+    }
+    /// The index this component names in an array, if it can name one.
+    fn index(&self) -> Option<usize> {
+        match self {
+            Component::Index(i) => Some(*i),
+            Component::Ambiguous(s) => s.parse().ok(),
+            Component::Field(_) => None,
+        }
+    }
+}
+
 impl<'a> Node<'a> {
     fn expand(&mut self) -> Result<(), RawError> {
         if let Node::Raw(k, bytes) = self {
@@ -116,21 +135,14 @@ impl<'a> Node<'a> {
         path: &str,
     ) -> Result<Option<&mut Node<'a>>, ApplyError> {
         self.expand()?;
-        let found = self.kind_name();
+        let conflict = ApplyError::PathConflict {
+            path: path.into(),
+            found: self.kind_name(),
+        };
         match self {
             Node::Doc(fields) => {
-                let name: &str = match c {
-                    Component::Ambiguous(s) => s,
-                    Component::Field(s) => s,
-                    Component::Index(_) => {
-                        return Err(ApplyError::PathConflict {
-                            path: path.into(),
-                            found,
-                        });
-                    }
-                };
-                let position = fields.iter().position(|(k, _)| k == name);
-                match position {
+                let name = c.field().ok_or(conflict)?;
+                match fields.iter().position(|(k, _)| k == name) {
                     Some(p) => Ok(Some(&mut fields[p].1)),
                     None if create => {
                         fields.push((Cow::Owned(name.to_owned()), Node::Doc(Vec::new())));
@@ -140,24 +152,7 @@ impl<'a> Node<'a> {
                 }
             }
             Node::Arr(items) => {
-                let index = match c {
-                    Component::Index(i) => *i,
-                    Component::Ambiguous(s) => match s.parse::<usize>() {
-                        Ok(i) => i,
-                        Err(_) => {
-                            return Err(ApplyError::PathConflict {
-                                path: path.into(),
-                                found,
-                            });
-                        }
-                    },
-                    Component::Field(_) => {
-                        return Err(ApplyError::PathConflict {
-                            path: path.into(),
-                            found,
-                        });
-                    }
-                };
+                let index = c.index().ok_or(conflict)?;
                 if index >= items.len() {
                     if !create {
                         return Ok(None);
@@ -167,49 +162,27 @@ impl<'a> Node<'a> {
                 }
                 Ok(Some(&mut items[index]))
             }
-            Node::Raw(..) => Err(ApplyError::PathConflict {
-                path: path.into(),
-                found,
-            }),
+            Node::Raw(..) => Err(conflict),
         }
     }
 
+    /// Sets the child at `last` to `value` (replacing in place, appending, or padding arrays).
     fn set(&mut self, last: &Component<'a>, value: Node<'a>, path: &str) -> Result<(), ApplyError> {
         self.expand()?;
-        let found = self.kind_name();
+        let conflict = ApplyError::PathConflict {
+            path: path.into(),
+            found: self.kind_name(),
+        };
         match self {
             Node::Doc(fields) => {
-                let name: &str = match last {
-                    Component::Ambiguous(s) => s,
-                    Component::Field(s) => s,
-                    Component::Index(_) => {
-                        return Err(ApplyError::PathConflict {
-                            path: path.into(),
-                            found,
-                        });
-                    }
-                };
+                let name = last.field().ok_or(conflict)?;
                 match fields.iter_mut().find(|(k, _)| k == name) {
                     Some((_, slot)) => *slot = value,
                     None => fields.push((Cow::Owned(name.to_owned()), value)),
                 }
             }
             Node::Arr(items) => {
-                let index = match last {
-                    Component::Index(i) => *i,
-                    Component::Ambiguous(s) => {
-                        s.parse::<usize>().map_err(|_| ApplyError::PathConflict {
-                            path: path.into(),
-                            found,
-                        })?
-                    }
-                    Component::Field(_) => {
-                        return Err(ApplyError::PathConflict {
-                            path: path.into(),
-                            found,
-                        });
-                    }
-                };
+                let index = last.index().ok_or(conflict)?;
                 if index < items.len() {
                     items[index] = value;
                 } else {
@@ -217,34 +190,22 @@ impl<'a> Node<'a> {
                     items.push(value);
                 }
             }
-            Node::Raw(..) => {
-                return Err(ApplyError::PathConflict {
-                    path: path.into(),
-                    found,
-                });
-            }
+            Node::Raw(..) => return Err(conflict),
         }
         Ok(())
     }
 
+    /// Removes the child at `last` (an array element becomes null, as `$unset` does).
     fn remove(&mut self, last: &Component<'a>) -> Result<(), ApplyError> {
         self.expand()?;
         match self {
             Node::Doc(fields) => {
-                let name: &str = match last {
-                    Component::Ambiguous(s) => s,
-                    Component::Field(s) => s,
-                    Component::Index(_) => return Ok(()),
-                };
-                fields.retain(|(k, _)| k != name);
+                if let Some(name) = last.field() {
+                    fields.retain(|(k, _)| k != name);
+                }
             }
             Node::Arr(items) => {
-                let index = match last {
-                    Component::Index(i) => Some(*i),
-                    Component::Ambiguous(s) => s.parse::<usize>().ok(),
-                    Component::Field(_) => None,
-                };
-                if let Some(slot) = index.and_then(|i| items.get_mut(i)) {
+                if let Some(slot) = last.index().and_then(|i| items.get_mut(i)) {
                     *slot = NULL;
                 }
             }
