@@ -31,7 +31,8 @@ use crate::stash::TimeStash;
 
 /// Calls `callback(time, changes)` for every closed time with changes, in time order, on worker
 /// 0; `changes` are consolidated, retractions before insertions, each group sorted by row.
-/// `on_frontier(frontier)` is told each time the closed frontier moves (`None`: complete).
+/// `on_frontier(frontier)` is told, on worker 0, each time the closed frontier moves (`None`:
+/// complete), after the changes of every time before it were given to `callback`.
 pub fn on_closed_times<'scope, D, F, G>(
     view: VecCollection<'scope, ClusterTime, D, isize>,
     callback: F,
@@ -69,6 +70,9 @@ fn on_closed<'scope, D, F, G>(
     F: FnMut(ClusterTime, &[(D, isize)]) + 'static,
     G: FnMut(Option<ClusterTime>) + 'static,
 {
+    // Only worker 0 receives the changes, so only it may report the frontier: another worker's
+    // frontier can pass a time whose changes are still on their way to worker 0.
+    let leader = view.scope().index() == 0;
     view.inner
         .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
             Exchange::new(|_: &(D, ClusterTime, isize)| 0),
@@ -103,7 +107,7 @@ fn on_closed<'scope, D, F, G>(
                         }
                     }
                     let now = frontier.frontier().iter().next().copied();
-                    if reported != Some(now) {
+                    if leader && reported != Some(now) {
                         reported = Some(now);
                         on_frontier(now);
                     }

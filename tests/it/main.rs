@@ -3,5 +3,6 @@
 
 mod bad_input;
 mod follow;
+mod handles;
 mod orders_oracle;
 mod support;
