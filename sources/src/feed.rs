@@ -36,6 +36,8 @@ use crate::{SourceError, SourceStatus};
 
 /// What a reader thread sends to its source operator.
 enum Message {
+    /// Asks nothing; sent only to learn whether the operator is still there.
+    Ping,
     Events(Vec<(ChangeEvent, ClusterTime)>),
     Progress(ClusterTime, Option<ResumeToken>),
     End,
@@ -96,6 +98,15 @@ impl Feed {
         let _ = self.send(Message::Fail(Box::new(error)));
     }
 
+    /// Whether the source operator is still there (an idle reader should stop when it is not:
+    /// its dataflow was dropped).
+    pub fn is_connected(&self) -> bool {
+        !matches!(
+            self.sender.try_send(Message::Ping),
+            Err(std::sync::mpsc::TrySendError::Disconnected(_))
+        )
+    }
+
     /// The time of the last event or progress sent.
     pub fn last_time(&self) -> ClusterTime {
         self.last
@@ -142,6 +153,7 @@ where
                 };
                 loop {
                     match rx.try_recv() {
+                        Ok(Message::Ping) => {}
                         Ok(Message::Events(batch)) => {
                             let Some((last, time)) = batch.last() else {
                                 continue;
