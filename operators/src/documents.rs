@@ -477,9 +477,10 @@ impl State {
     }
 }
 
-/// A stable hash of a key, for spreading keyed data over workers.
+/// A stable hash of a key, for spreading keyed data over workers (the same in every process:
+/// no random seed).
 pub(crate) fn hash_of<T: Hash>(value: &T) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = crate::fxhash::FxHasher::default();
     value.hash(&mut h);
     h.finish()
 }
