@@ -306,7 +306,7 @@ impl ChangeEvent {
                 if !ok && problem.is_none() {
                     *problem = Some(format!(
                         "field `{}` must be {what}, found {}",
-                        e.key,
+                        String::from_utf8_lossy(e.key),
                         type_name(e.kind)
                     ));
                 }
@@ -315,14 +315,16 @@ impl ChangeEvent {
             let is_doc = e.kind == kind::DOCUMENT;
             let span = Span::of(bytes, &e);
             match e.key {
-                "_id" => fields.id = span,
-                "operationType" if expect(e.kind == kind::STRING, "a string", &mut problem) => {
+                b"_id" => fields.id = span,
+                b"operationType" if expect(e.kind == kind::STRING, "a string", &mut problem) => {
                     operation = e.as_str().map(OperationType::parse);
                 }
-                "clusterTime" if expect(e.kind == kind::TIMESTAMP, "a timestamp", &mut problem) => {
+                b"clusterTime"
+                    if expect(e.kind == kind::TIMESTAMP, "a timestamp", &mut problem) =>
+                {
                     cluster_time = e.as_timestamp().map(|(t, i)| ClusterTime::new(t, i));
                 }
-                "ns" if expect(is_doc, "a document", &mut problem) => {
+                b"ns" if expect(is_doc, "a document", &mut problem) => {
                     namespace = Some(parse_namespace(e.value).ok_or_else(|| {
                         Error::Event {
                             at: at_of(bytes),
@@ -332,33 +334,33 @@ impl ChangeEvent {
                         }
                     })?);
                 }
-                "documentKey" if expect(is_doc, "a document", &mut problem) => {
+                b"documentKey" if expect(is_doc, "a document", &mut problem) => {
                     fields.document_key = span
                 }
-                "fullDocument"
+                b"fullDocument"
                     if e.kind != kind::NULL
                         && expect(is_doc, "a document or null", &mut problem) =>
                 {
                     fields.full_document = span
                 }
-                "fullDocumentBeforeChange"
+                b"fullDocumentBeforeChange"
                     if e.kind != kind::NULL
                         && expect(is_doc, "a document or null", &mut problem) =>
                 {
                     fields.before = span
                 }
-                "updateDescription" if expect(is_doc, "a document", &mut problem) => {
+                b"updateDescription" if expect(is_doc, "a document", &mut problem) => {
                     fields.update_description = span
                 }
-                "to" if expect(is_doc, "a document", &mut problem) => fields.to = span,
-                "wallTime" => fields.wall_time = span,
-                "collectionUUID" => fields.collection_uuid = span,
-                "splitEvent" if expect(is_doc, "a document", &mut problem) => {
+                b"to" if expect(is_doc, "a document", &mut problem) => fields.to = span,
+                b"wallTime" => fields.wall_time = span,
+                b"collectionUUID" => fields.collection_uuid = span,
+                b"splitEvent" if expect(is_doc, "a document", &mut problem) => {
                     fields.split_event = span
                 }
-                "operationDescription" => fields.operation_description = span,
-                "lsid" if expect(is_doc, "a document", &mut problem) => lsid = Some(e.value),
-                "txnNumber"
+                b"operationDescription" => fields.operation_description = span,
+                b"lsid" if expect(is_doc, "a document", &mut problem) => lsid = Some(e.value),
+                b"txnNumber"
                     if expect(
                         e.kind == kind::INT64 || e.kind == kind::INT32,
                         "a long",
@@ -580,8 +582,8 @@ fn parse_namespace(bytes: &[u8]) -> Option<Namespace> {
     for e in raw::elements(bytes) {
         let e = e.ok()?;
         match e.key {
-            "db" => db = Some(e.as_str()?),
-            "coll" => coll = Some(e.as_str()?),
+            b"db" => db = Some(e.as_str()?),
+            b"coll" => coll = Some(e.as_str()?),
             _ => {}
         }
     }

@@ -19,7 +19,7 @@
 //! w.append_str("b", "x");
 //! let bytes = w.finish();
 //! let keys: Vec<_> = elements(&bytes).map(|e| e.unwrap().key).collect();
-//! assert_eq!(keys, ["a", "b"]);
+//! assert_eq!(keys, [b"a", b"b"]);
 //! ```
 
 /// BSON element type bytes.
@@ -79,17 +79,24 @@ pub struct RawError {
 }
 
 /// One element of a BSON document: its type byte, key and encoded value bytes.
+///
+/// The key is kept as bytes: comparing it with a known field name needs no UTF-8 check, which
+/// is most of what the hot paths do. [`validate`] checks keys; [`Element::key_str`] reads one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Element<'a> {
     /// The BSON type byte (see [`kind`]).
     pub kind: u8,
-    /// The element's key.
-    pub key: &'a str,
+    /// The element's key, as bytes (UTF-8 in any valid document).
+    pub key: &'a [u8],
     /// The encoded value, without type byte and key.
     pub value: &'a [u8],
 }
 
 impl<'a> Element<'a> {
+    /// The key as a string (`None` if it is not UTF-8, which [`validate`] rejects).
+    pub fn key_str(&self) -> Option<&'a str> {
+        std::str::from_utf8(self.key).ok()
+    }
     /// The value as a string, if it is one.
     pub fn as_str(&self) -> Option<&'a str> {
         (self.kind == kind::STRING || self.kind == kind::SYMBOL)
@@ -237,9 +244,7 @@ impl<'a> Iterator for Elements<'a> {
         else {
             return self.error(key_start, "key is not NUL-terminated");
         };
-        let Ok(key) = std::str::from_utf8(&body[key_start..key_start + nul]) else {
-            return self.error(key_start, "key is not UTF-8");
-        };
+        let key = &body[key_start..key_start + nul];
         let value_start = key_start + nul + 1;
         let Some(size) = body
             .get(value_start..)
@@ -313,7 +318,7 @@ fn value_size(kind: u8, rest: &[u8]) -> Option<usize> {
 pub fn get<'a>(doc: &'a [u8], key: &str) -> Result<Option<Element<'a>>, RawError> {
     for element in elements(doc) {
         let element = element?;
-        if element.key == key {
+        if element.key == key.as_bytes() {
             return Ok(Some(element));
         }
     }
@@ -331,6 +336,12 @@ pub fn get<'a>(doc: &'a [u8], key: &str) -> Result<Option<Element<'a>>, RawError
 pub fn validate(doc: &[u8]) -> Result<(), RawError> {
     for element in elements(doc) {
         let element = element?;
+        if element.key_str().is_none() {
+            return Err(RawError {
+                offset: 0,
+                reason: "key is not UTF-8",
+            });
+        }
         match element.kind {
             kind::DOCUMENT | kind::ARRAY => validate(element.value)?,
             kind::STRING | kind::JAVASCRIPT | kind::SYMBOL
@@ -447,7 +458,7 @@ mod tests {
         };
         let bytes = doc.to_vec().unwrap();
         let ours: Vec<(u8, String)> = elements(&bytes)
-            .map(|e| e.map(|e| (e.kind, e.key.to_owned())))
+            .map(|e| e.map(|e| (e.kind, e.key_str().unwrap().to_owned())))
             .collect::<Result<_, _>>()
             .unwrap();
         let theirs: Vec<(u8, String)> = bson::RawDocument::from_bytes(&bytes)

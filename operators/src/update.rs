@@ -71,6 +71,11 @@ enum Node<'a> {
     Arr(Vec<Node<'a>>),
 }
 
+const NOT_UTF8: RawError = RawError {
+    offset: 0,
+    reason: "key is not UTF-8",
+};
+
 const NULL: Node<'static> = Node::Raw(kind::NULL, Cow::Borrowed(&[]));
 
 #[derive(Debug, Clone, PartialEq)]
@@ -262,44 +267,34 @@ fn write_container<'n, 'a: 'n>(
 }
 
 fn parse_container<'a>(k: u8, bytes: Cow<'a, [u8]>) -> Result<Node<'a>, RawError> {
-    let owned = |b: &[u8]| -> Cow<'a, [u8]> { Cow::Owned(b.to_vec()) };
-    macro_rules! children {
-        ($bytes:expr, $mk:expr) => {{
-            let mut out = Vec::new();
-            for e in raw::elements($bytes) {
-                let e = e?;
-                out.push($mk(e));
-            }
-            out
-        }};
-    }
-    Ok(match bytes {
+    // Children borrow from a borrowed container and own copies from an owned one.
+    let (mut items, mut fields) = (Vec::new(), Vec::new());
+    match &bytes {
         Cow::Borrowed(b) => {
-            if k == kind::ARRAY {
-                Node::Arr(children!(b, |e: raw::Element<'a>| Node::Raw(
-                    e.kind,
-                    Cow::Borrowed(e.value)
-                )))
-            } else {
-                Node::Doc(children!(b, |e: raw::Element<'a>| (
-                    Cow::Borrowed(e.key),
-                    Node::Raw(e.kind, Cow::Borrowed(e.value))
-                )))
+            for e in raw::elements(b) {
+                let e = e?;
+                let node = Node::Raw(e.kind, Cow::Borrowed(e.value));
+                match k {
+                    kind::ARRAY => items.push(node),
+                    _ => fields.push((Cow::Borrowed(e.key_str().ok_or(NOT_UTF8)?), node)),
+                }
             }
         }
         Cow::Owned(b) => {
-            if k == kind::ARRAY {
-                Node::Arr(children!(&b, |e: raw::Element<'_>| Node::Raw(
-                    e.kind,
-                    owned(e.value)
-                )))
-            } else {
-                Node::Doc(children!(&b, |e: raw::Element<'_>| (
-                    Cow::Owned(e.key.to_owned()),
-                    Node::Raw(e.kind, owned(e.value))
-                )))
+            for e in raw::elements(b) {
+                let e = e?;
+                let node = Node::Raw(e.kind, Cow::Owned(e.value.to_vec()));
+                match k {
+                    kind::ARRAY => items.push(node),
+                    _ => fields.push((Cow::Owned(e.key_str().ok_or(NOT_UTF8)?.to_owned()), node)),
+                }
             }
         }
+    }
+    Ok(if k == kind::ARRAY {
+        Node::Arr(items)
+    } else {
+        Node::Doc(fields)
     })
 }
 
@@ -369,10 +364,10 @@ pub fn apply_update(before: &[u8], delta: &[u8]) -> Result<Vec<u8>, ApplyError> 
             }
         };
         match e.key {
-            "updatedFields" => updated = Some(want(kind::DOCUMENT, "updatedFields")?),
-            "removedFields" => removed = Some(want(kind::ARRAY, "removedFields")?),
-            "truncatedArrays" => truncated = Some(want(kind::ARRAY, "truncatedArrays")?),
-            "disambiguatedPaths" => {
+            b"updatedFields" => updated = Some(want(kind::DOCUMENT, "updatedFields")?),
+            b"removedFields" => removed = Some(want(kind::ARRAY, "removedFields")?),
+            b"truncatedArrays" => truncated = Some(want(kind::ARRAY, "truncatedArrays")?),
+            b"disambiguatedPaths" => {
                 disambiguated = Some(want(kind::DOCUMENT, "disambiguatedPaths")?)
             }
             _ => {}
@@ -413,10 +408,11 @@ pub fn apply_update(before: &[u8], delta: &[u8]) -> Result<Vec<u8>, ApplyError> 
     if let Some(fields) = updated {
         for e in raw::elements(fields) {
             let e = e?;
-            let components = split_path(e.key, disambiguated)?;
+            let path = e.key_str().ok_or(NOT_UTF8)?;
+            let components = split_path(path, disambiguated)?;
             let value = Node::Raw(e.kind, Cow::Borrowed(e.value));
-            if let Some(parent) = parent(&mut root, &components, true, e.key)? {
-                parent.set(&components[components.len() - 1], value, e.key)?;
+            if let Some(parent) = parent(&mut root, &components, true, path)? {
+                parent.set(&components[components.len() - 1], value, path)?;
             }
         }
     }

@@ -278,7 +278,7 @@ pub fn extract_row_interned(
     for element in raw::elements(doc) {
         let Ok(element) = element else { break };
         for (slot, field) in row.iter_mut().zip(fields) {
-            if field.path.len() == 1 && field.path[0] == element.key {
+            if field.path.len() == 1 && field.path[0].as_bytes() == element.key {
                 let value = match (field.ty, element.as_str()) {
                     (ValueType::String, Some(s)) => Some(Value::String(strings.intern(s))),
                     _ => convert(&element, field.ty),
