@@ -46,8 +46,9 @@ pub fn on_closed_times<'scope, D, F, G>(
 }
 
 /// Like [`on_closed_times`], but each call covers every time closed since the last call: the
-/// changes of all of them consolidated together, with the last of those times. For consumers
-/// that need the view *at* closed times but not each time's own changes (a view handle).
+/// changes of all of them, with the last of those times, neither consolidated nor sorted (the
+/// consumer accumulates them, as a view handle's map does). For consumers that need the view
+/// *at* closed times but not each time's own changes.
 pub fn on_closed_batches<'scope, D, F, G>(
     view: VecCollection<'scope, ClusterTime, D, isize>,
     callback: F,
@@ -97,10 +98,12 @@ fn on_closed<'scope, D, F, G>(
                                 last = t;
                                 changes.push(next);
                             }
-                            consolidate(&mut changes);
-                            changes.sort_by(|a, b| {
-                                (a.1 > 0).cmp(&(b.1 > 0)).then_with(|| a.0.cmp(&b.0))
-                            });
+                            if per_time {
+                                consolidate(&mut changes);
+                                changes.sort_by(|a, b| {
+                                    (a.1 > 0).cmp(&(b.1 > 0)).then_with(|| a.0.cmp(&b.0))
+                                });
+                            }
                             if !changes.is_empty() {
                                 callback(last, &changes);
                             }

@@ -2,7 +2,6 @@
 //!
 //! ```text
 //!   Documents ──filter ns──▶ map: document ─▶ (key row, input values)   one pass per document
-//!                                   │ consolidate within each batch (unchanged contributions cancel)
 //!                                   │
 //!                                   ▼ exchange by key
 //!                         [GroupAggregate]  per key: count, exact sums, value multisets
@@ -239,9 +238,6 @@ impl GroupBy {
         let contributions = documents.flat_map(move |(key, doc): (DocKey, Document)| {
             (key.ns() == &*ns).then(|| spec.read(&doc, &fields, &mut strings))
         });
-        // An update that leaves the view's fields alone retracts and re-adds the same
-        // contribution: cancel those before they travel (most updates touch other fields).
-        let contributions = contributions.consolidate_stream();
         let spec = self.clone();
         contributions
             .inner
