@@ -148,20 +148,19 @@ fn string_value(value: &[u8]) -> Option<&str> {
 /// assert!(it.next().is_none());
 /// ```
 pub fn elements(doc: &[u8]) -> Elements<'_> {
-    match doc_len(doc) {
-        Ok(len) if len == doc.len() && doc[len - 1] == 0 => Elements {
-            doc,
-            pos: 4,
-            failed: false,
-        },
-        Ok(_) => Elements::failing(
-            doc,
-            RawError {
-                offset: 0,
-                reason: "length prefix does not match the data",
-            },
-        ),
-        Err(e) => Elements::failing(doc, e),
+    let framing = match doc_len(doc) {
+        Ok(len) if len == doc.len() && doc[len - 1] == 0 => None,
+        Ok(_) => Some(RawError {
+            offset: 0,
+            reason: "length prefix does not match the data",
+        }),
+        Err(e) => Some(e),
+    };
+    Elements {
+        doc,
+        pos: 4,
+        failed: false,
+        framing,
     }
 }
 
@@ -189,18 +188,11 @@ pub struct Elements<'a> {
     doc: &'a [u8],
     pos: usize,
     failed: bool,
+    /// A broken length prefix, reported by the first `next`.
+    framing: Option<RawError>,
 }
 
 impl<'a> Elements<'a> {
-    fn failing(doc: &'a [u8], _e: RawError) -> Self {
-        // `pos == usize::MAX` marks "report the framing error once".
-        Elements {
-            doc,
-            pos: usize::MAX,
-            failed: false,
-        }
-    }
-
     fn error(
         &mut self,
         offset: usize,
@@ -218,12 +210,8 @@ impl<'a> Iterator for Elements<'a> {
         if self.failed {
             return None;
         }
-        if self.pos == usize::MAX {
-            let reason = match doc_len(self.doc) {
-                Err(e) => e.reason,
-                Ok(_) => "length prefix does not match the data",
-            };
-            return self.error(0, reason);
+        if let Some(e) = self.framing.take() {
+            return self.error(e.offset, e.reason);
         }
         let doc = self.doc;
         let start = self.pos;

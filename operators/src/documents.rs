@@ -171,20 +171,10 @@ impl DocumentStats {
 /// The document-state collection: `(DocKey, Document)` records with differential diffs.
 pub type Documents<'scope> = VecCollection<'scope, ClusterTime, (DocKey, Document), isize>;
 
-fn fnv(bytes: &[u8], mut h: u64) -> u64 {
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    h
-}
-
 fn route(event: &ChangeEvent) -> Option<u64> {
     let ns = event.namespace()?;
     let (k, id) = event.document_id()?;
-    let mut h = fnv(ns.db.as_bytes(), 0xcbf2_9ce4_8422_2325);
-    h = fnv(ns.coll.as_deref().unwrap_or("").as_bytes(), h);
-    Some(fnv(id, fnv(&[k], h)))
+    Some(hash_of(&(&*ns.db, ns.coll.as_deref(), k, id)))
 }
 
 /// Maintains the live version of every document from a stream of change events (see the module

@@ -39,7 +39,7 @@
 
 use std::borrow::Cow;
 
-use changeflow_core::raw::{self, DocWriter, RawError, kind};
+use changeflow_core::raw::{self, RawError, kind};
 
 /// Why an `updateDescription` could not be applied to a version.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -432,21 +432,6 @@ pub fn apply_update(before: &[u8], delta: &[u8]) -> Result<Vec<u8>, ApplyError> 
     let mut k = 0;
     root.write(&mut k, &mut out);
     Ok(out)
-}
-
-/// Builds a document from elements (a convenience for tests and examples).
-///
-/// ```
-/// use changeflow_operators::update::document_of;
-/// let bytes = document_of(&[("a", bson::Bson::Int32(1))]);
-/// assert_eq!(bson::RawDocument::from_bytes(&bytes).unwrap().get_i32("a").unwrap(), 1);
-/// ```
-pub fn document_of(fields: &[(&str, bson::Bson)]) -> Vec<u8> {
-    let mut doc = bson::Document::new();
-    for (k, v) in fields {
-        doc.insert(*k, v.clone());
-    }
-    doc.to_vec().unwrap_or_else(|_| DocWriter::new().finish())
 }
 
 #[cfg(test)]
