@@ -7,7 +7,16 @@
 //!     Feed::events         (backpressure)     downgrade to the batch's last time
 //!     Feed::progress   ── SyncActivator ──▶  wakes the worker (timely schedules lazily)
 //!     Feed::end / fail
+//!       │
+//!       └─ CommitGrouper: a transaction's events are held until the stream moves past it,
+//!          then sent together at its commit time (see [`crate::commit_time`])
 //! ```
+//!
+//! # Transactions
+//!
+//! Readers hand the feed every event in stream order at its own clusterTime and never group
+//! anything themselves: [`Feed::events`] passes them through a [`CommitGrouper`], so every
+//! source built on a feed (replay, live) emits each transaction whole, at one time.
 //!
 //! # Progress tracking (the frontier rule)
 //!
@@ -17,7 +26,11 @@
 //!   time may follow), never further.
 //! * [`Feed::progress`] (e.g. a post-batch resume token of an idle stream) downgrades the
 //!   capability to a later time with no event: the stream is known to have moved past
-//!   everything before it.
+//!   everything before it. It first releases the transactions that ended before that time, and
+//!   never moves past an open transaction's last event (it may still be released there).
+//! * The position recorded in the [`SourceStatus`] pairs the frontier with the resume token up to
+//!   which every event was sent ([`CommitGrouper::resume_token`]), so a restart from that token
+//!   re-reads any transaction that was still open.
 //! * [`Feed::end`] drops the capability. [`Feed::fail`] records the error in the
 //!   [`SourceStatus`] and *keeps* the capability, so no partial time is released; a reader that
 //!   goes away without either is reported as a failure too.
@@ -32,13 +45,15 @@ use timely::dataflow::Scope;
 use timely::dataflow::operators::generic::operator::source;
 use timely::scheduling::SyncActivator;
 
+use crate::commit_time::{CommitGrouper, TxnCompletion};
 use crate::{SourceError, SourceStatus};
 
 /// What a reader thread sends to its source operator.
 enum Message {
     /// Asks nothing; sent only to learn whether the operator is still there.
     Ping,
-    Events(Vec<(ChangeEvent, ClusterTime)>),
+    /// Events at their (commit) times, and the resume token up to which all events were sent.
+    Events(Vec<(ChangeEvent, ClusterTime)>, Option<ResumeToken>),
     Progress(ClusterTime, Option<ResumeToken>),
     End,
     Fail(Box<SourceError>),
@@ -48,7 +63,10 @@ enum Message {
 pub struct Feed {
     sender: SyncSender<Message>,
     activator: SyncActivator,
+    /// The input's position: the time of the last event or progress received.
     last: ClusterTime,
+    grouper: CommitGrouper,
+    status: Arc<SourceStatus>,
 }
 
 /// The source operator has gone (its dataflow was dropped): the reader should stop.
@@ -62,20 +80,36 @@ impl Feed {
         self.activator.activate().map_err(|_| Disconnected)
     }
 
-    /// Sends a batch of events in stream order (times never decrease across batches).
-    pub fn events(&mut self, batch: Vec<(ChangeEvent, ClusterTime)>) -> Result<(), Disconnected> {
-        if let Some((_, t)) = batch.last() {
-            debug_assert!(
-                batch.first().is_some_and(|(_, f)| *f >= self.last),
-                "times must not decrease"
-            );
-            self.last = *t;
-            self.send(Message::Events(batch))?;
+    /// Chooses when a transaction counts as complete (default [`TxnCompletion::Sharded`], right
+    /// for every deployment); call before the first event.
+    pub fn set_txn_completion(&mut self, rule: TxnCompletion) {
+        if !self.grouper.has_open() {
+            self.grouper = CommitGrouper::new(rule);
         }
-        Ok(())
     }
 
-    /// Declares that no event before `time` will follow (an idle stream's post-batch token).
+    /// Sends a batch of events in stream order, each with its own clusterTime (times never
+    /// decrease across batches). Transactions are held until complete and then sent at their
+    /// commit time (see the module docs).
+    pub fn events(&mut self, batch: Vec<(ChangeEvent, ClusterTime)>) -> Result<(), Disconnected> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        debug_assert!(
+            batch.first().is_some_and(|(_, f)| *f >= self.last),
+            "times must not decrease"
+        );
+        let mut out = Vec::with_capacity(batch.len());
+        for (event, time) in batch {
+            self.last = time;
+            self.grouper.push(event, time, &mut out);
+        }
+        self.send_released(out)
+    }
+
+    /// Declares that no event before `time` will follow (an idle stream's post-batch token,
+    /// whose own resume token is `token`). Transactions that ended before `time` are sent; the
+    /// frontier stops at the last event of any that is still open.
     pub fn progress(
         &mut self,
         time: ClusterTime,
@@ -83,19 +117,41 @@ impl Feed {
     ) -> Result<(), Disconnected> {
         if time > self.last {
             self.last = time;
+            let mut out = Vec::new();
+            self.grouper.advance(time, &mut out);
+            self.send_released(out)?;
+            let (time, token) = match self.grouper.safe_time() {
+                Some(open) => (open.min(time), self.grouper.resume_token()),
+                None => (time, token),
+            };
             self.send(Message::Progress(time, token))?;
         }
         Ok(())
     }
 
-    /// The input ended normally.
+    /// The input ended normally: transactions still open are sent as they are (a finite input
+    /// is the whole stream), then the source releases its capability.
     pub fn end(mut self) {
-        let _ = self.send(Message::End);
+        let mut out = Vec::new();
+        self.grouper.finish(&mut out);
+        if self.send_released(out).is_ok() {
+            let _ = self.send(Message::End);
+        }
     }
 
-    /// The input failed; the source keeps its capability and reports `error`.
+    /// The input failed; the source keeps its capability and reports `error`. Events of open
+    /// transactions are not sent.
     pub fn fail(mut self, error: SourceError) {
         let _ = self.send(Message::Fail(Box::new(error)));
+    }
+
+    fn send_released(&mut self, out: Vec<(ChangeEvent, ClusterTime)>) -> Result<(), Disconnected> {
+        self.status.set_grouping(self.grouper.counts());
+        if out.is_empty() {
+            return Ok(());
+        }
+        let token = self.grouper.resume_token();
+        self.send(Message::Events(out, token))
     }
 
     /// Whether the source operator is still there (an idle reader should stop when it is not:
@@ -107,7 +163,8 @@ impl Feed {
         )
     }
 
-    /// The time of the last event or progress sent.
+    /// The time of the last event or progress received from the reader (events of an open
+    /// transaction may not have been sent yet).
     pub fn last_time(&self) -> ClusterTime {
         self.last
     }
@@ -137,6 +194,8 @@ where
                 sender,
                 activator,
                 last: ClusterTime::MIN,
+                grouper: CommitGrouper::new(TxnCompletion::default()),
+                status: Arc::clone(&status),
             };
             let spawned = std::thread::Builder::new()
                 .name(thread_name)
@@ -154,15 +213,14 @@ where
                 loop {
                     match rx.try_recv() {
                         Ok(Message::Ping) => {}
-                        Ok(Message::Events(batch)) => {
-                            let Some((last, time)) = batch.last() else {
+                        Ok(Message::Events(batch, token)) => {
+                            let Some(&(_, time)) = batch.last() else {
                                 continue;
                             };
-                            let (time, token) = (*time, last.token());
                             status.add_events(batch.len() as u64);
                             output.session(&*cap).give_iterator(batch.into_iter());
                             cap.downgrade(&time);
-                            status.set_position(time, Some(token));
+                            status.set_position(time, token);
                         }
                         Ok(Message::Progress(time, token)) => {
                             cap.downgrade(&time);
