@@ -18,6 +18,7 @@ pub mod documents;
 pub mod handle;
 pub mod update;
 pub mod value;
+pub mod transactions;
 pub mod views;
 
 mod fxhash;
