@@ -16,9 +16,9 @@
 
 pub mod documents;
 pub mod handle;
+pub mod transactions;
 pub mod update;
 pub mod value;
-pub mod transactions;
 pub mod views;
 
 mod fxhash;

@@ -343,7 +343,9 @@ pub fn transactions(events: EventStream<'_>) -> Transactions<'_> {
                 }
             },
         );
-    let metadata = grouped.clone().flat_map(|(txn, time)| txn.metadata().map(|m| (m, time)));
+    let metadata = grouped
+        .clone()
+        .flat_map(|(txn, time)| txn.metadata().map(|m| (m, time)));
     Transactions {
         transactions: grouped,
         plain,

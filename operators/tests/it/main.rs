@@ -1,4 +1,5 @@
 //! Operator tests against the sequential reference model of `changeflow-testkit`.
 
 mod documents_oracle;
+mod transactions_oracle;
 mod views_oracle;
