@@ -227,7 +227,7 @@ impl TxnMetadata {
                 Some(d) => {
                     let _ = changeflow_core::extjson::write_document(d, true, &mut json);
                 }
-                None => json.push_str("?"),
+                None => json.push('?'),
             }
             json
         });
@@ -307,9 +307,7 @@ pub fn transactions(events: EventStream<'_>) -> Transactions<'_> {
     let grouped = events
         .filter(|(e, _)| e.txn().is_some())
         .unary_frontier::<CapacityContainerBuilder<Vec<(Transaction, ClusterTime)>>, _, _, _>(
-            Exchange::new(|(e, _): &(ChangeEvent, ClusterTime)| {
-                e.txn().map_or(0, |id| hash_of(id))
-            }),
+            Exchange::new(|(e, _): &(ChangeEvent, ClusterTime)| e.txn().map_or(0, hash_of)),
             "Transactions",
             |_, _| {
                 let mut stash: TimeStash<ChangeEvent> = TimeStash::new();

@@ -343,7 +343,7 @@ pub fn commit_times(events: &[Document]) -> Vec<(u32, u32)> {
         Some(format!(
             "{}/{}",
             Bson::Document(lsid.clone()).into_canonical_extjson(),
-            Bson::from(number.clone()).into_canonical_extjson()
+            number.clone().into_canonical_extjson()
         ))
     };
     let mut last: std::collections::HashMap<String, (u32, u32)> = Default::default();
