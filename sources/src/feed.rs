@@ -22,8 +22,8 @@
 //!
 //! * The operator starts with a capability at `ClusterTime::MIN`.
 //! * A batch is emitted in one message under the current capability, each record carrying its
-//!   own time; the capability is then downgraded to the batch's last time (more events at that
-//!   time may follow), never further.
+//!   own time; the capability is then downgraded to the input's last time (more events at that
+//!   time may follow) or, if a transaction is open, to its last event's time — never further.
 //! * [`Feed::progress`] (e.g. a post-batch resume token of an idle stream) downgrades the
 //!   capability to a later time with no event: the stream is known to have moved past
 //!   everything before it. It first releases the transactions that ended before that time, and
@@ -52,8 +52,13 @@ use crate::{SourceError, SourceStatus};
 enum Message {
     /// Asks nothing; sent only to learn whether the operator is still there.
     Ping,
-    /// Events at their (commit) times, and the resume token up to which all events were sent.
-    Events(Vec<(ChangeEvent, ClusterTime)>, Option<ResumeToken>),
+    /// Events at their (commit) times, the time the capability may move to after them, and
+    /// the resume token up to which all events were sent.
+    Events(
+        Vec<(ChangeEvent, ClusterTime)>,
+        ClusterTime,
+        Option<ResumeToken>,
+    ),
     Progress(ClusterTime, Option<ResumeToken>),
     End,
     Fail(Box<SourceError>),
@@ -65,6 +70,8 @@ pub struct Feed {
     activator: SyncActivator,
     /// The input's position: the time of the last event or progress received.
     last: ClusterTime,
+    /// The last frontier sent to the operator.
+    sent: ClusterTime,
     grouper: CommitGrouper,
     status: Arc<SourceStatus>,
 }
@@ -104,7 +111,10 @@ impl Feed {
             self.last = time;
             self.grouper.push(event, time, &mut out);
         }
-        self.send_released(out)
+        // More events may follow at the input's last time, or at an open transaction's.
+        let frontier = self.grouper.safe_time().unwrap_or(self.last);
+        let token = self.grouper.resume_token();
+        self.flush(out, frontier, token)
     }
 
     /// Declares that no event before `time` will follow (an idle stream's post-batch token,
@@ -119,12 +129,11 @@ impl Feed {
             self.last = time;
             let mut out = Vec::new();
             self.grouper.advance(time, &mut out);
-            self.send_released(out)?;
-            let (time, token) = match self.grouper.safe_time() {
+            let (frontier, token) = match self.grouper.safe_time() {
                 Some(open) => (open.min(time), self.grouper.resume_token()),
                 None => (time, token),
             };
-            self.send(Message::Progress(time, token))?;
+            self.flush(out, frontier, token)?;
         }
         Ok(())
     }
@@ -134,7 +143,8 @@ impl Feed {
     pub fn end(mut self) {
         let mut out = Vec::new();
         self.grouper.finish(&mut out);
-        if self.send_released(out).is_ok() {
+        let token = self.grouper.resume_token();
+        if self.flush(out, self.last, token).is_ok() {
             let _ = self.send(Message::End);
         }
     }
@@ -145,13 +155,24 @@ impl Feed {
         let _ = self.send(Message::Fail(Box::new(error)));
     }
 
-    fn send_released(&mut self, out: Vec<(ChangeEvent, ClusterTime)>) -> Result<(), Disconnected> {
+    /// Sends released events (if any) and the new frontier (if it moved).
+    fn flush(
+        &mut self,
+        out: Vec<(ChangeEvent, ClusterTime)>,
+        frontier: ClusterTime,
+        token: Option<ResumeToken>,
+    ) -> Result<(), Disconnected> {
         self.status.set_grouping(self.grouper.counts());
-        if out.is_empty() {
-            return Ok(());
+        let frontier = frontier.max(self.sent);
+        if !out.is_empty() {
+            self.sent = frontier;
+            self.send(Message::Events(out, frontier, token))
+        } else if frontier > self.sent {
+            self.sent = frontier;
+            self.send(Message::Progress(frontier, token))
+        } else {
+            Ok(())
         }
-        let token = self.grouper.resume_token();
-        self.send(Message::Events(out, token))
     }
 
     /// Whether the source operator is still there (an idle reader should stop when it is not:
@@ -194,6 +215,7 @@ where
                 sender,
                 activator,
                 last: ClusterTime::MIN,
+                sent: ClusterTime::MIN,
                 grouper: CommitGrouper::new(TxnCompletion::default()),
                 status: Arc::clone(&status),
             };
@@ -213,14 +235,11 @@ where
                 loop {
                     match rx.try_recv() {
                         Ok(Message::Ping) => {}
-                        Ok(Message::Events(batch, token)) => {
-                            let Some(&(_, time)) = batch.last() else {
-                                continue;
-                            };
+                        Ok(Message::Events(batch, frontier, token)) => {
                             status.add_events(batch.len() as u64);
                             output.session(&*cap).give_iterator(batch.into_iter());
-                            cap.downgrade(&time);
-                            status.set_position(time, token);
+                            cap.downgrade(&frontier);
+                            status.set_position(frontier, token);
                         }
                         Ok(Message::Progress(time, token)) => {
                             cap.downgrade(&time);
@@ -248,4 +267,119 @@ where
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::channel;
+    use std::time::{Duration, Instant};
+
+    use changeflow_core::{ChangeEvent, ClusterTime, ResumeToken};
+    use timely::dataflow::operators::{Inspect, Probe};
+
+    use super::*;
+
+    fn event(t: u32, txn: bool) -> ChangeEvent {
+        let txn = if txn {
+            r#", "lsid": {"id": 1}, "txnNumber": 1"#
+        } else {
+            ""
+        };
+        ChangeEvent::from_json(
+            format!(
+                r#"{{"_id": {{"_data": "82{t:08X}0000000104"}}, "operationType": "delete",
+                "clusterTime": {{"$timestamp": {{"t": {t}, "i": 0}}}}, "ns": {{"db": "a", "coll": "b"}},
+                "documentKey": {{"_id": {t}}}{txn}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    enum Step {
+        Events(Vec<ChangeEvent>),
+        Progress(u32),
+        End,
+    }
+
+    /// A post-batch token completes an open transaction only once it is past the transaction's
+    /// last event, and the frontier never passes an open transaction.
+    #[test]
+    fn progress_waits_for_open_transactions_and_then_releases_them() {
+        let (steps, commands) = channel::<Step>();
+        let commands = std::sync::Mutex::new(Some(commands));
+        let status = SourceStatus::new();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (status2, sink) = (status.clone(), seen.clone());
+        timely::execute_directly(move |worker| {
+            let commands = commands.lock().unwrap().take().unwrap();
+            let probe = worker.dataflow::<ClusterTime, _, _>(|scope| {
+                fed_source(scope, "test", status2.clone(), 4, move |mut feed: Feed| {
+                    for step in commands {
+                        match step {
+                            Step::Events(events) => {
+                                let batch = events
+                                    .into_iter()
+                                    .map(|e| {
+                                        let t = e.cluster_time();
+                                        (e, t)
+                                    })
+                                    .collect();
+                                feed.events(batch).unwrap();
+                            }
+                            Step::Progress(t) => {
+                                let token = ResumeToken::from_data(&format!("82{t:08X}0000000004"));
+                                feed.progress(ClusterTime::new(t, 0), Some(token)).unwrap();
+                            }
+                            Step::End => return feed.end(),
+                        }
+                    }
+                })
+                .inspect(move |(e, t)| {
+                    sink.lock()
+                        .unwrap()
+                        .push((e.cluster_time().seconds(), t.seconds()))
+                })
+                .probe()
+                .0
+            });
+            let frontier = |worker: &mut timely::worker::Worker, want: Option<u32>| {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    worker.step_or_park(Some(Duration::from_millis(5)));
+                    let now = probe.with_frontier(|f| f.first().map(|t| t.seconds()));
+                    if now == want || Instant::now() > deadline {
+                        return now;
+                    }
+                }
+            };
+            steps
+                .send(Step::Events(vec![event(3, false), event(5, true)]))
+                .unwrap();
+            // The plain event went out; the transaction holds the frontier at its last time.
+            assert_eq!(frontier(worker, Some(5)), Some(5));
+            steps.send(Step::Progress(5)).unwrap();
+            assert_eq!(frontier(worker, Some(5)), Some(5));
+            steps.send(Step::Events(vec![event(6, true)])).unwrap();
+            assert_eq!(frontier(worker, Some(6)), Some(6));
+            // A token past its last event completes the transaction: both events at t = 6.
+            steps.send(Step::Progress(9)).unwrap();
+            assert_eq!(frontier(worker, Some(9)), Some(9));
+            steps.send(Step::End).unwrap();
+            assert_eq!(frontier(worker, None), None);
+        });
+        assert_eq!(*seen.lock().unwrap(), [(3, 3), (5, 6), (6, 6)]);
+        let counts = status.transactions();
+        assert_eq!(
+            (counts.transactions, counts.multi_time_transactions),
+            (1, 1)
+        );
+        // The position after the last progress is the post-batch token.
+        let (time, token) = status.position().unwrap();
+        assert_eq!(time, ClusterTime::new(9, 0));
+        assert_eq!(
+            token.and_then(|t| t.cluster_time()),
+            Some(ClusterTime::new(9, 0))
+        );
+    }
 }
