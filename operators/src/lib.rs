@@ -16,6 +16,7 @@
 
 pub mod documents;
 pub mod handle;
+pub mod mql;
 pub mod transactions;
 pub mod update;
 pub mod value;
