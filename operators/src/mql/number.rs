@@ -437,10 +437,11 @@ fn cmp_i64_f64(i: i64, y: f64) -> Ordering {
     if y.is_nan() {
         return Ordering::Greater;
     }
-    if y >= 9.223_372_036_854_775_808e18 {
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    if y >= TWO_63 {
         return Ordering::Less;
     }
-    if y < -9.223_372_036_854_775_808e18 {
+    if y < -TWO_63 {
         return Ordering::Greater;
     }
     let t = y.trunc();
@@ -726,7 +727,7 @@ mod tests {
         assert_eq!(cmp_num(Num::Double(0.5), d("0.5")), Ordering::Equal);
         assert_eq!(cmp_num(Num::Double(0.1), d("0.1")), Ordering::Greater);
         assert_eq!(
-            cmp_num(Num::Long(i64::MAX), Num::Double(9.223372036854775807e18)),
+            cmp_num(Num::Long(i64::MAX), Num::Double(i64::MAX as f64)),
             Ordering::Less
         );
         assert_eq!(
