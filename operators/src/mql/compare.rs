@@ -143,8 +143,53 @@ pub fn equal(a: &Bson, b: &Bson) -> bool {
 /// A value as a grouping / join key: equal keys are exactly the values MongoDB considers equal
 /// (so `NumberInt(1)`, `NumberLong(1)`, `1.0` and `NumberDecimal("1.0")` are one group), ordered
 /// by MongoDB's order, hashed consistently with that equality.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct Key(pub Bson);
+
+/// Keys travel between workers as a one-field BSON document (`{"": value}`).
+impl Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut doc = bson::Document::new();
+        doc.insert("", self.0.clone());
+        let bytes = doc.to_vec().map_err(serde::ser::Error::custom)?;
+        serializer.serialize_bytes(&bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes: Vec<u8> = serde_bytes_vec(deserializer)?;
+        let doc = bson::Document::from_reader(&bytes[..]).map_err(serde::de::Error::custom)?;
+        doc.get("")
+            .cloned()
+            .map(Key)
+            .ok_or_else(|| serde::de::Error::custom("a key document without its value"))
+    }
+}
+
+fn serde_bytes_vec<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    struct Bytes;
+    impl<'de> serde::de::Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("BSON bytes")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_bytes(Bytes)
+}
 
 impl Key {
     /// Wraps a value.

@@ -11,5 +11,6 @@
 #![allow(clippy::module_name_repetitions)]
 
 pub mod compare;
+pub mod expr;
 pub mod number;
 pub mod path;

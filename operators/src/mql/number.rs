@@ -412,7 +412,11 @@ fn cmp_dec_f64(d: Dec, x: f64) -> Ordering {
             let width = d_digits.len().max(digits.len());
             format!("{d_digits:0<width$}").cmp(&format!("{digits:0<width$}"))
         });
-    if x < 0.0 { magnitude.reverse() } else { magnitude }
+    if x < 0.0 {
+        magnitude.reverse()
+    } else {
+        magnitude
+    }
 }
 
 fn as_i64(n: Num) -> i64 {
