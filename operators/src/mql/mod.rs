@@ -8,9 +8,12 @@
 //!   arrays < binary < ObjectId < bool < date < timestamp < regex < MaxKey) and [`compare::Key`],
 //!   a hashable, ordered form of a value for grouping and joining.
 //! * [`path`]: dotted field paths, traversing arrays of documents (`items.sku`).
+//! * [`expr`]: aggregation expressions (`$add`, `$cond`, `$concat`, …), evaluated per document.
+//! * [`query`]: query predicates (`$match`), with MongoDB's implicit array matching.
 #![allow(clippy::module_name_repetitions)]
 
 pub mod compare;
 pub mod expr;
 pub mod number;
 pub mod path;
+pub mod query;
