@@ -197,7 +197,9 @@ impl Cond {
     fn parse(value: &Bson) -> Result<Cond, ParseError> {
         let Bson::Document(d) = value else {
             return Ok(match value {
-                Bson::RegularExpression(r) => Cond::Regex(regex(r.pattern.as_str(), r.options.as_str())?),
+                Bson::RegularExpression(r) => {
+                    Cond::Regex(regex(r.pattern.as_str(), r.options.as_str())?)
+                }
                 other => Cond::Eq(other.clone()),
             });
         };
@@ -247,7 +249,9 @@ impl Cond {
                     let options = d.get_str("$options").unwrap_or("");
                     match arg {
                         Bson::String(p) => Cond::Regex(regex(p, options)?),
-                        Bson::RegularExpression(r) => Cond::Regex(regex(r.pattern.as_str(), r.options.as_str())?),
+                        Bson::RegularExpression(r) => {
+                            Cond::Regex(regex(r.pattern.as_str(), r.options.as_str())?)
+                        }
                         _ => return Err(bad(op, "expects a string or regular expression")),
                     }
                 }
@@ -331,9 +335,8 @@ impl Cond {
                 }
             }
             Cond::In(xs) => xs.iter().any(|x| match x {
-                Bson::RegularExpression(r) => {
-                    regex(r.pattern.as_str(), r.options.as_str()).is_ok_and(|re| Cond::Regex(re).matches_value(v))
-                }
+                Bson::RegularExpression(r) => regex(r.pattern.as_str(), r.options.as_str())
+                    .is_ok_and(|re| Cond::Regex(re).matches_value(v)),
                 x => equal(v, x),
             }),
             Cond::Nin(xs) => !Cond::In(xs.clone()).matches_value(v),
