@@ -274,6 +274,21 @@ impl Num {
         }
     }
 
+    /// As a decimal for arithmetic with a Decimal128: a double is first rounded to 15
+    /// significant digits, as MongoDB converts doubles to decimals (`0.1` becomes exactly
+    /// `0.1`).
+    pub fn to_dec_for_arithmetic(self) -> Dec {
+        match self {
+            Num::Double(x) if x.is_finite() => format!("{x:.14e}")
+                .parse::<Decimal128>()
+                .map_or(Dec::NaN, |d| Dec::from_decimal128(&d))
+                .normalized(),
+            Num::Double(x) if x.is_nan() => Dec::NaN,
+            Num::Double(x) => Dec::Inf(x < 0.0),
+            other => other.to_dec().unwrap_or(Dec::NaN),
+        }
+    }
+
     /// Whether this is NaN.
     pub fn is_nan(self) -> bool {
         match self {
@@ -482,10 +497,10 @@ pub fn divide(a: &Num, b: &Num) -> Option<Num> {
         return None;
     }
     Some(match (a, b) {
-        (Num::Decimal(_), _) | (_, Num::Decimal(_)) => match (a.to_dec(), b.to_dec()) {
-            (Some(x), Some(y)) => Num::Decimal(dec_div(x, y)),
-            _ => Num::Decimal(Dec::from_f64(a.to_f64() / b.to_f64()).unwrap_or(Dec::NaN)),
-        },
+        (Num::Decimal(_), _) | (_, Num::Decimal(_)) => Num::Decimal(dec_div(
+            a.to_dec_for_arithmetic(),
+            b.to_dec_for_arithmetic(),
+        )),
         _ => Num::Double(a.to_f64() / b.to_f64()),
     })
 }
@@ -499,10 +514,9 @@ fn arith(
 ) -> Num {
     use Num::*;
     match (a, b) {
-        (Decimal(_), _) | (_, Decimal(_)) => match (a.to_dec(), b.to_dec()) {
-            (Some(x), Some(y)) => Decimal(dec(x, y)),
-            _ => Decimal(Dec::from_f64(float(a.to_f64(), b.to_f64())).unwrap_or(Dec::NaN)),
-        },
+        (Decimal(_), _) | (_, Decimal(_)) => {
+            Decimal(dec(a.to_dec_for_arithmetic(), b.to_dec_for_arithmetic()))
+        }
         (Double(_), _) | (_, Double(_)) => Double(float(a.to_f64(), b.to_f64())),
         (Int(x), Int(y)) => match int(i64::from(x), i64::from(y)) {
             Some(v) => i32::try_from(v).map_or(Long(v), Int),
@@ -763,6 +777,11 @@ mod tests {
         assert_eq!(
             add(&d("0.1"), &d("0.2")).to_bson(),
             Bson::Decimal128("0.3".parse().unwrap())
+        );
+        // Doubles meet decimals rounded to 15 digits, as in MongoDB.
+        assert_eq!(
+            add(&d("2.0"), &Num::Double(0.1)).to_bson(),
+            Bson::Decimal128("2.1".parse().unwrap())
         );
         assert_eq!(
             subtract(&d("1.5"), &Num::Int(2)).to_bson(),

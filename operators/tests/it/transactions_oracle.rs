@@ -68,8 +68,7 @@ fn run(events: Vec<ChangeEvent>, workers: usize) -> Seen {
     .expect("timely runs")
     .join();
     Arc::try_unwrap(seen)
-        .ok()
-        .expect("workers done")
+        .unwrap_or_else(|_| panic!("workers done"))
         .into_inner()
         .expect("lock")
 }
