@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Maintain orders per region and per customer over a change-event file
     OrdersByRegion(changeflow::jobs::orders_by_region::Args),
+    /// Keep a MongoDB aggregation pipeline's result up to date over a change-event file
+    View(changeflow::jobs::pipeline_view::Args),
     /// Write a seeded, realistic change stream of the `shop.orders` collection
     Generate {
         /// Number of change events
@@ -51,6 +53,7 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::OrdersByRegion(args) => changeflow::jobs::orders_by_region::main_with(args),
+        Command::View(args) => changeflow::jobs::pipeline_view::main_with(args),
         Command::Generate {
             events,
             seed,

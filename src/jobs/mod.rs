@@ -3,3 +3,4 @@
 
 pub mod bank_transfers;
 pub mod orders_by_region;
+pub mod pipeline_view;

@@ -5,5 +5,6 @@ mod bad_input;
 mod follow;
 mod handles;
 mod orders_oracle;
+mod pipeline_view;
 mod support;
 mod transactions;
