@@ -19,5 +19,7 @@ pub mod transactions {}
 pub mod replay {}
 #[doc = include_str!("views.md")]
 pub mod views {}
+#[doc = include_str!("pipelines.md")]
+pub mod pipelines {}
 #[doc = include_str!("output.md")]
 pub mod output {}
