@@ -23,6 +23,7 @@ use changeflow_operators::pipeline::compile::{PipelineView, Pos};
 use changeflow_sources::memory::from_events;
 use changeflow_testkit::orders::{OrdersConfig, OrdersWorkload};
 use changeflow_testkit::reference::ReferenceModel;
+use changeflow_testkit::rng::Rng;
 
 /// Pipelines where mongomock disagrees with the MongoDB manual; changeflow follows the manual.
 /// Each entry: corpus name, and the manual page that decides.
@@ -31,6 +32,12 @@ const MONGOMOCK_DEVIATIONS: &[(&str, &str)] = &[
     (
         "project-bool",
         "https://www.mongodb.com/docs/manual/reference/operator/aggregation/not/",
+    ),
+    // Both evaluators return {n: 0} for $count over no documents; MongoDB returns no document
+    // ($count is a $group on null, and a $group over no input has no groups).
+    (
+        "churn-4",
+        "https://www.mongodb.com/docs/manual/reference/operator/aggregation/count/",
     ),
 ];
 
@@ -52,6 +59,12 @@ const MINGO_DEVIATIONS: &[(&str, &str)] = &[
     (
         "project-type",
         "https://www.mongodb.com/docs/manual/reference/operator/aggregation/type/",
+    ),
+    // Both evaluators return {n: 0} for $count over no documents; MongoDB returns no document
+    // ($count is a $group on null, and a $group over no input has no groups).
+    (
+        "churn-4",
+        "https://www.mongodb.com/docs/manual/reference/operator/aggregation/count/",
     ),
 ];
 
@@ -310,6 +323,29 @@ fn evaluate(
 
 #[test]
 fn corpus_matches_mongomock_at_several_closed_times() {
+    let events = streams();
+    // Closed times to compare at: a third, two thirds and the end of the stream.
+    let times: Vec<bson::Timestamp> = [events.len() / 3, 2 * events.len() / 3, events.len() - 1]
+        .iter()
+        .map(|&i| events[i].get_timestamp("clusterTime").expect("time"))
+        .collect();
+    let cases = corpus();
+    assert!(
+        cases.len() >= 80,
+        "the corpus has {} pipelines",
+        cases.len()
+    );
+    let failures = check(&cases, &events, &times);
+    assert!(
+        failures.is_empty(),
+        "{} disagreements:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The orders workload followed by the mixed collection's stream.
+fn streams() -> Vec<BsonDoc> {
     let mut events: Vec<BsonDoc> = OrdersWorkload::new(OrdersConfig {
         seed: 42,
         events: 600,
@@ -322,23 +358,24 @@ fn corpus_matches_mongomock_at_several_closed_times() {
         .and_then(|e| e.get_timestamp("clusterTime").ok())
         .expect("time");
     events.extend(mixed_events(last.time + 1));
+    events
+}
 
-    // Closed times to compare at: a third, two thirds and the end of the stream.
-    let times: Vec<bson::Timestamp> = [events.len() / 3, 2 * events.len() / 3, events.len() - 1]
-        .iter()
-        .map(|&i| events[i].get_timestamp("clusterTime").expect("time"))
-        .collect();
+/// Runs `cases` as views over `events` and compares them at each of `times` with both
+/// evaluators; returns the disagreements (each with the pipeline and both results).
+fn check(cases: &[Case], events: &[BsonDoc], times: &[bson::Timestamp]) -> Vec<String> {
+    let namespaces = ["shop.orders", "shop.mixed"];
     let mut datasets: Vec<Vec<BsonDoc>> = Vec::new();
     let mut model = ReferenceModel::new();
     let mut applied = 0;
-    for time in &times {
+    for time in times {
         while applied < events.len()
             && events[applied].get_timestamp("clusterTime").expect("time") <= *time
         {
             model.apply(&events[applied]).expect("reference");
             applied += 1;
         }
-        for ns in ["shop.orders", "shop.mixed"] {
+        for ns in namespaces {
             let mut docs: Vec<BsonDoc> = model
                 .documents()
                 .iter()
@@ -353,13 +390,6 @@ fn corpus_matches_mongomock_at_several_closed_times() {
             datasets.push(docs);
         }
     }
-
-    let cases = corpus();
-    assert!(
-        cases.len() >= 80,
-        "the corpus has {} pipelines",
-        cases.len()
-    );
     let views: Vec<PipelineView> = cases
         .iter()
         .map(|c| {
@@ -374,9 +404,9 @@ fn corpus_matches_mongomock_at_several_closed_times() {
     let seen = run_views(decoded, views.clone());
 
     let mut runs = Vec::new();
-    for case in &cases {
+    for case in cases {
         for t in 0..times.len() {
-            let dataset = 2 * t + usize::from(case.ns == "mixed");
+            let dataset = namespaces.len() * t + usize::from(case.ns == "mixed");
             runs.push((dataset, case.pipeline.as_slice()));
         }
     }
@@ -464,6 +494,226 @@ fn corpus_matches_mongomock_at_several_closed_times() {
         "agreement: mongomock {} / {run}, mingo {} / {run}",
         agreed[0], agreed[1]
     );
+    failures
+}
+
+/// A seeded random pipeline over the orders collection, from a small grammar of stages and
+/// expressions (see [`random_pipelines_match_the_evaluators`]).
+fn random_pipeline(rng: &mut Rng, n: usize) -> Case {
+    let pick = |rng: &mut Rng, items: &[Bson]| items[rng.index(items.len())].clone();
+    let regions: Vec<Bson> = ["us-east", "eu-west", "us-west", "ap-south"]
+        .iter()
+        .map(|r| Bson::from(*r))
+        .collect();
+    let statuses: Vec<Bson> = ["pending", "paid", "shipped", "delivered"]
+        .iter()
+        .map(|r| Bson::from(*r))
+        .collect();
+    let mut stages: Vec<BsonDoc> = Vec::new();
+    let mut ordered = false;
+    // Optional $match.
+    if rng.chance(0.6) {
+        let amount = Bson::Double((rng.below(20_000) as f64) / 100.0);
+        let one = match rng.index(7) {
+            0 => doc! { "region": pick(rng, &regions) },
+            1 => doc! { "status": { "$in": [pick(rng, &statuses), pick(rng, &statuses)] } },
+            2 => doc! { "amount": { ["$gt", "$gte", "$lt", "$lte"][rng.index(4)]: amount } },
+            3 => doc! { "customer_id": { "$lt": rng.below(3000) as i32 } },
+            4 => doc! { "items.qty": { "$gte": 1 + rng.below(5) as i32 } },
+            5 => doc! { "status": { "$exists": rng.chance(0.5) } },
+            _ => {
+                doc! { "$or": [ { "region": pick(rng, &regions) }, { "amount": { "$lt": amount } } ] }
+            }
+        };
+        stages.push(doc! { "$match": one });
+    }
+    // Optional computed field.
+    if rng.chance(0.4) {
+        let c = 1 + rng.below(9) as i32;
+        let expr = match rng.index(4) {
+            0 => bson::bson!({ "$add": ["$amount", c] }),
+            1 => bson::bson!({ "$multiply": ["$customer_id", c] }),
+            2 => bson::bson!({ "$size": "$items" }),
+            _ => bson::bson!({ "$cond": [{ "$gt": ["$amount", 100] }, "big", "small"] }),
+        };
+        stages.push(doc! { "$addFields": { "x": expr } });
+    }
+    let unwound = rng.chance(0.3);
+    if unwound {
+        stages.push(doc! { "$unwind": "$items" });
+    }
+    match rng.index(4) {
+        // A group, maybe filtered and ranked afterwards.
+        0 | 1 => {
+            let sorted = rng.chance(0.5);
+            if sorted {
+                stages.push(doc! { "$sort": { "amount": 1, "_id": 1 } });
+            }
+            let ids = [
+                Bson::from("$region"),
+                Bson::from("$status"),
+                bson::bson!({ "r": "$region", "s": "$status" }),
+                Bson::Null,
+                if unwound {
+                    Bson::from("$items.sku")
+                } else {
+                    Bson::from("$customer_id")
+                },
+            ];
+            let mut group = doc! { "_id": pick(rng, &ids) };
+            let mut accs: Vec<(&str, Bson)> = vec![
+                ("n", bson::bson!({ "$sum": 1 })),
+                ("total", bson::bson!({ "$sum": "$amount" })),
+                ("avg", bson::bson!({ "$avg": "$amount" })),
+                ("min", bson::bson!({ "$min": "$amount" })),
+                (
+                    "max",
+                    bson::bson!({ "$max": if unwound { "$items.qty" } else { "$customer_id" } }),
+                ),
+                ("count", bson::bson!({ "$count": {} })),
+            ];
+            if sorted && !unwound {
+                accs.push(("first", bson::bson!({ "$first": "$amount" })));
+                accs.push(("last", bson::bson!({ "$last": "$amount" })));
+                accs.push(("all", bson::bson!({ "$push": "$amount" })));
+            }
+            for _ in 0..1 + rng.index(3) {
+                let (name, acc) = accs.swap_remove(rng.index(accs.len()));
+                group.insert(name, acc);
+            }
+            stages.push(doc! { "$group": group });
+            if group_has(&stages, "n") && rng.chance(0.3) {
+                stages.push(doc! { "$match": { "n": { "$gte": 2 } } });
+            }
+            if rng.chance(0.4) {
+                stages.push(doc! { "$sort": { "_id": if rng.chance(0.5) { 1 } else { -1 } } });
+                stages.push(doc! { "$limit": 1 + rng.below(4) as i32 });
+                ordered = true;
+            }
+        }
+        // A ranking of documents.
+        2 if !unwound => {
+            stages.push(doc! { "$sort": { "amount": -1, "_id": 1 } });
+            if rng.chance(0.5) {
+                stages.push(doc! { "$skip": rng.below(5) as i32 });
+            }
+            stages.push(doc! { "$limit": 1 + rng.below(6) as i32 });
+            stages.push(doc! { "$project": { "amount": 1, "region": 1 } });
+            ordered = true;
+        }
+        // A count.
+        _ => stages.push(doc! { "$count": "n" }),
+    }
+    Case {
+        name: format!("random-{n}"),
+        ns: "orders".into(),
+        pipeline: stages,
+        ordered,
+        sort_arrays: false,
+    }
+}
+
+fn group_has(stages: &[BsonDoc], field: &str) -> bool {
+    stages
+        .last()
+        .and_then(|s| s.get_document("$group").ok())
+        .is_some_and(|g| g.contains_key(field))
+}
+
+#[test]
+fn random_pipelines_match_the_evaluators() {
+    let mut rng = Rng::new(2026);
+    let cases: Vec<Case> = (0..200).map(|n| random_pipeline(&mut rng, n)).collect();
+    let events = streams();
+    let times: Vec<bson::Timestamp> = [events.len() / 2, events.len() - 1]
+        .iter()
+        .map(|&i| events[i].get_timestamp("clusterTime").expect("time"))
+        .collect();
+    let failures = check(&cases, &events, &times);
+    assert!(
+        failures.is_empty(),
+        "{} disagreements:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Deleting and re-inserting documents, moving them between groups and emptying groups leaves
+/// no stale row: the views equal re-evaluation at **every** closed time.
+#[test]
+fn churn_leaves_no_stale_rows_at_any_closed_time() {
+    let mut rng = Rng::new(7);
+    let mut events = Vec::new();
+    let mut live = [false; 6];
+    for t in 1..=90u32 {
+        let id = rng.index(live.len());
+        let event = |op: &str, extra: BsonDoc| {
+            let mut e = doc! {
+                "_id": { "_data": format!("82{:08X}0000000104", 1_800_000_000 + t) },
+                "operationType": op,
+                "clusterTime": bson::Timestamp { time: 1_800_000_000 + t, increment: 1 },
+                "ns": { "db": "shop", "coll": "mixed" },
+                "documentKey": { "_id": id as i32 },
+            };
+            e.extend(extra);
+            e
+        };
+        let v = match rng.index(4) {
+            0 => Bson::Int32(rng.below(10) as i32),
+            1 => Bson::Double(rng.below(100) as f64 / 4.0),
+            2 => Bson::Null,
+            _ => Bson::Int64(rng.below(5) as i64),
+        };
+        let k = Bson::Int32(rng.below(3) as i32);
+        events.push(if !live[id] {
+            live[id] = true;
+            event("insert", doc! { "fullDocument": { "_id": id as i32, "k": k, "v": v } })
+        } else {
+            match rng.index(3) {
+                0 => {
+                    live[id] = false;
+                    event("delete", doc! {})
+                }
+                1 => event("update", doc! { "updateDescription": { "updatedFields": { "k": k }, "removedFields": [], "truncatedArrays": [] } }),
+                _ => event("update", doc! { "updateDescription": { "updatedFields": { "v": v }, "removedFields": [], "truncatedArrays": [] } }),
+            }
+        });
+    }
+    let pipelines = [
+        r#"[{"$group": {"_id": "$k", "n": {"$sum": 1}, "s": {"$sum": "$v"}, "mn": {"$min": "$v"}, "mx": {"$max": "$v"}}}]"#,
+        r#"[{"$sort": {"v": 1, "_id": 1}}, {"$group": {"_id": "$k", "all": {"$push": "$v"}, "first": {"$first": "$_id"}, "last": {"$last": "$_id"}}}]"#,
+        r#"[{"$match": {"v": {"$gte": 3}}}, {"$group": {"_id": "$k", "n": {"$sum": 1}}}, {"$match": {"n": {"$gte": 2}}}]"#,
+        r#"[{"$sortByCount": "$k"}]"#,
+        r#"[{"$match": {"v": {"$ne": null}}}, {"$count": "n"}]"#,
+        r#"[{"$sort": {"v": -1, "_id": 1}}, {"$limit": 2}]"#,
+    ];
+    let cases: Vec<Case> = pipelines
+        .iter()
+        .enumerate()
+        .map(|(n, p)| {
+            let mut bytes = Vec::new();
+            changeflow_core::extjson::transcode(format!("{{\"p\": {p}}}").as_bytes(), &mut bytes)
+                .expect("pipeline");
+            let d = BsonDoc::from_reader(&bytes[..]).expect("bson");
+            Case {
+                name: format!("churn-{n}"),
+                ns: "mixed".into(),
+                pipeline: d
+                    .get_array("p")
+                    .expect("p")
+                    .iter()
+                    .map(|s| s.as_document().expect("stage").clone())
+                    .collect(),
+                ordered: n == 5,
+                sort_arrays: false,
+            }
+        })
+        .collect();
+    let times: Vec<bson::Timestamp> = events
+        .iter()
+        .map(|e| e.get_timestamp("clusterTime").expect("time"))
+        .collect();
+    let failures = check(&cases, &events, &times);
     assert!(
         failures.is_empty(),
         "{} disagreements:\n{}",
