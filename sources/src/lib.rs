@@ -7,8 +7,10 @@
 //!
 //! * [`replay`]: recorded events from a file of Extended JSON lines or BSON documents, once or
 //!   following the file as it grows; bad lines stop the source or go to a dead-letter file.
-//! * [`feed`]: a source fed by a reader thread through a bounded channel (replay uses it; live
-//!   streams will).
+//! * [`feed`]: a source fed by a reader thread through a bounded channel (replay and live use it).
+//! * [`live`]: a MongoDB change stream through the `mongodb` driver (the `live` feature), with
+//!   post-batch tokens as progress, its own restart loop, typed failures, split-event
+//!   reassembly and a Cosmos DB mode; [`live::record`] captures a stream to a replayable file.
 //! * [`memory`]: events held in memory, for tests and examples.
 //! * [`reader`]: the file reader under the replay source, usable without timely.
 //! * [`SourceStatus`]: progress, counters and failure, shared with the driver.
@@ -19,6 +21,7 @@
 
 pub mod error;
 pub mod feed;
+pub mod live;
 pub mod memory;
 pub mod reader;
 pub mod replay;
