@@ -115,7 +115,9 @@ pub enum SourceError {
         message: String,
     },
     /// An event exceeds 16 MB (10334); add `$changeStreamSplitLargeEvent` as the last stage.
-    #[error("{stream}: an event is larger than 16 MB (code 10334) after {after}; add {{$changeStreamSplitLargeEvent: {{}}}} as the last pipeline stage: {message}")]
+    #[error(
+        "{stream}: an event is larger than 16 MB (code 10334) after {after}; add {{$changeStreamSplitLargeEvent: {{}}}} as the last pipeline stage: {message}"
+    )]
     EventTooLarge {
         /// The stream.
         stream: String,
@@ -133,7 +135,9 @@ pub enum SourceError {
         message: String,
     },
     /// Missing privileges (13 `Unauthorized`) or failed authentication (18).
-    #[error("{stream}: not authorized (code {code}): {message}; change streams need the `find` and `changeStream` actions on the watched resource")]
+    #[error(
+        "{stream}: not authorized (code {code}): {message}; change streams need the `find` and `changeStream` actions on the watched resource"
+    )]
     Unauthorized {
         /// The stream.
         stream: String,
@@ -144,7 +148,9 @@ pub enum SourceError {
     },
     /// The deployment is a standalone server (40573): change streams need a replica set or a
     /// sharded cluster.
-    #[error("{stream}: change streams need a replica set or a sharded cluster, and this server is a standalone: {message}")]
+    #[error(
+        "{stream}: change streams need a replica set or a sharded cluster, and this server is a standalone: {message}"
+    )]
     NotReplicaSet {
         /// The stream.
         stream: String,
@@ -201,7 +207,9 @@ pub enum SourceError {
     },
     /// The stream has no resume point to restart from (the server sent no token), so a restart
     /// could only start from "now", which would skip events.
-    #[error("{stream}: cannot restart without a resume point (the server sent no resume token): {last}")]
+    #[error(
+        "{stream}: cannot restart without a resume point (the server sent no resume token): {last}"
+    )]
     NoResumePoint {
         /// The stream.
         stream: String,

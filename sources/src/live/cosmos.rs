@@ -33,9 +33,8 @@ pub struct CosmosOptions {
 /// assert!(p[0].contains_key("$match") && p[1].contains_key("$project"));
 /// ```
 pub fn shape_pipeline(user: &[Document]) -> Vec<Document> {
-    let mut out = vec![
-        doc! { "$match": { "operationType": { "$in": ["insert", "update", "replace"] } } },
-    ];
+    let mut out =
+        vec![doc! { "$match": { "operationType": { "$in": ["insert", "update", "replace"] } } }];
     out.extend(user.iter().cloned());
     out.push(doc! { "$project": { "_id": 1, "fullDocument": 1, "ns": 1, "documentKey": 1 } });
     out
@@ -122,14 +121,16 @@ mod tests {
             soft_delete: Some(("deleted".into(), Bson::Boolean(true))),
         };
         let live = bson::rawdoc! { "_id": { "_data": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: b"{}".to_vec() } },
-            "fullDocument": { "_id": 1, "x": 1 }, "ns": { "db": "a", "coll": "b" }, "documentKey": { "_id": 1 } };
+        "fullDocument": { "_id": 1, "x": 1 }, "ns": { "db": "a", "coll": "b" }, "documentKey": { "_id": 1 } };
         let t = ClusterTime::new(9, 3);
-        let event = ChangeEvent::from_bson(to_mongodb_event(live.as_bytes(), t, &options).unwrap()).unwrap();
+        let event = ChangeEvent::from_bson(to_mongodb_event(live.as_bytes(), t, &options).unwrap())
+            .unwrap();
         assert_eq!(event.operation(), &OperationType::Replace);
         assert_eq!(event.cluster_time(), t);
         let gone = bson::rawdoc! { "_id": { "_data": "x" }, "fullDocument": { "_id": 1, "deleted": true },
-            "ns": { "db": "a", "coll": "b" }, "documentKey": { "_id": 1 } };
-        let event = ChangeEvent::from_bson(to_mongodb_event(gone.as_bytes(), t, &options).unwrap()).unwrap();
+        "ns": { "db": "a", "coll": "b" }, "documentKey": { "_id": 1 } };
+        let event = ChangeEvent::from_bson(to_mongodb_event(gone.as_bytes(), t, &options).unwrap())
+            .unwrap();
         assert_eq!(event.operation(), &OperationType::Delete);
         assert!(event.full_document().is_none());
         let mut clock = SourceClock::default();

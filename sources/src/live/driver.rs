@@ -20,7 +20,9 @@ use mongodb::options::{
 use super::policy::{Class, classify};
 use super::redact::{Secrets, redact_uri};
 use super::split::Reassembler;
-use super::{FullDocument, FullDocumentBeforeChange, InvalidatePolicy, LiveOptions, StartAt, WatchTarget};
+use super::{
+    FullDocument, FullDocumentBeforeChange, InvalidatePolicy, LiveOptions, StartAt, WatchTarget,
+};
 use crate::SourceError;
 use crate::feed::{Disconnected, Feed};
 
@@ -128,6 +130,8 @@ struct Reader<'a> {
     reassembler: Reassembler,
     clock: super::cosmos::SourceClock,
     last_token: String,
+    /// The last delivered event's token, if it orders (MongoDB `_data`): the duplicate guard.
+    last_ordered: Option<ResumeToken>,
 }
 
 fn to_driver(token: &ResumeToken) -> Result<DriverToken, String> {
@@ -164,6 +168,7 @@ impl<'a> Reader<'a> {
             reassembler: Reassembler::default(),
             clock: Default::default(),
             last_token: "the start".into(),
+            last_ordered: None,
         }
     }
 
@@ -182,7 +187,9 @@ impl<'a> Reader<'a> {
             })
         };
         let mut client_options = ClientOptions::parse(&self.options.uri).await.map_err(bad)?;
-        client_options.app_name.get_or_insert_with(|| "changeflow".into());
+        client_options
+            .app_name
+            .get_or_insert_with(|| "changeflow".into());
         Client::with_options(client_options).map_err(bad)
     }
 
@@ -239,11 +246,12 @@ impl<'a> Reader<'a> {
         cs.show_expanded_events = o.show_expanded_events.then_some(true);
         cs.comment = o.comment.clone().map(bson::Bson::String);
         if let Some(collation) = &o.collation {
-            let parsed: Collation = bson::deserialize_from_document(collation.clone()).map_err(|e| {
-                Stop::Failed(SourceError::BadPipeline {
-                    reason: format!("invalid collation {collation}: {e}"),
-                })
-            })?;
+            let parsed: Collation =
+                bson::deserialize_from_document(collation.clone()).map_err(|e| {
+                    Stop::Failed(SourceError::BadPipeline {
+                        reason: format!("invalid collation {collation}: {e}"),
+                    })
+                })?;
             cs.collation = Some(parsed);
         }
         let token = |t: &ResumeToken| {
@@ -280,7 +288,13 @@ impl<'a> Reader<'a> {
     ) -> Result<ChangeStream<RawDocumentBuf>, DriverError> {
         let pipeline = self.options.effective_pipeline();
         let stream = match &self.options.target {
-            WatchTarget::Deployment => client.watch().pipeline(pipeline).with_options(options).await?,
+            WatchTarget::Deployment => {
+                client
+                    .watch()
+                    .pipeline(pipeline)
+                    .with_options(options)
+                    .await?
+            }
             WatchTarget::Database(db) => {
                 client
                     .database(db)
@@ -330,14 +344,31 @@ impl<'a> Reader<'a> {
             };
             match next {
                 Ok(Some(raw)) => {
-                    let Some(whole) = self.reassembler.push(Document::from(raw)).map_err(Fail::Split)? else {
+                    let Some(whole) = self
+                        .reassembler
+                        .push(Document::from(raw))
+                        .map_err(Fail::Split)?
+                    else {
                         continue;
                     };
                     let event = self.decode(whole)?;
+                    let token = event.token();
+                    if token.data().is_some() {
+                        // A stream reopened from an earlier point (the driver retries a failed
+                        // resume `aggregate` from the stream's original start) sends events
+                        // again: tokens order like the stream, so drop what was delivered.
+                        if self
+                            .last_ordered
+                            .as_ref()
+                            .is_some_and(|last| token <= *last)
+                        {
+                            continue;
+                        }
+                        self.last_ordered = Some(token.clone());
+                    }
                     self.attempt = 0;
                     self.last_event = Instant::now();
                     self.delivered += 1;
-                    let token = event.token();
                     self.last_token = token.to_string();
                     let driver_token = to_driver(&token).map_err(Fail::Split)?;
                     let invalidate = event.operation() == &OperationType::Invalidate;
@@ -424,10 +455,12 @@ impl<'a> Reader<'a> {
     /// Decides what a failure means: sleeps before a restart, or stops.
     async fn failure(&mut self, fail: Fail) -> Result<(), Stop> {
         let (class, code, name, message) = match &fail {
-            Fail::Stop(_) => return Err(match fail {
-                Fail::Stop(stop) => stop,
-                _ => Stop::Disconnected,
-            }),
+            Fail::Stop(_) => {
+                return Err(match fail {
+                    Fail::Stop(stop) => stop,
+                    _ => Stop::Disconnected,
+                });
+            }
             Fail::Split(reason) => (Class::Transient, None, String::new(), reason.clone()),
             Fail::Driver(e) => {
                 let (code, name) = match e.kind.as_ref() {
@@ -455,7 +488,11 @@ impl<'a> Reader<'a> {
         let last = message.clone();
         let definite = match class {
             Class::Transient | Class::Throttled => None,
-            Class::HistoryLost => Some(SourceError::HistoryLost { stream, from, message }),
+            Class::HistoryLost => Some(SourceError::HistoryLost {
+                stream,
+                from,
+                message,
+            }),
             Class::Fatal => Some(SourceError::ChangeStreamFatal { stream, message }),
             Class::InvalidToken => Some(SourceError::InvalidResumeToken {
                 stream,

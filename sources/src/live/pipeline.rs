@@ -78,9 +78,7 @@ pub fn check(pipeline: &[Document]) -> Result<(), String> {
             }
             ("$replaceRoot" | "$replaceWith", _) => return modifies(),
             ("$changeStreamSplitLargeEvent", _) if n + 1 != pipeline.len() => {
-                return Err(format!(
-                    "{at} must be the last stage of the pipeline"
-                ));
+                return Err(format!("{at} must be the last stage of the pipeline"));
             }
             _ => {}
         }

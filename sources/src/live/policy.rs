@@ -156,7 +156,13 @@ mod tests {
             assert_eq!(classify(Some(code), &[], false), class, "{code}");
         }
         // A label makes any code transient, but not the definite ones.
-        assert_eq!(classify(Some(2), &["ResumableChangeStreamError"], false), Class::Transient);
-        assert_eq!(classify(Some(286), &["ResumableChangeStreamError"], false), Class::HistoryLost);
+        assert_eq!(
+            classify(Some(2), &["ResumableChangeStreamError"], false),
+            Class::Transient
+        );
+        assert_eq!(
+            classify(Some(286), &["ResumableChangeStreamError"], false),
+            Class::HistoryLost
+        );
     }
 }

@@ -26,11 +26,7 @@ pub fn redact_uri(uri: &str) -> String {
         Some(colon) => format!("{}:****", &userinfo[..colon]),
         None => userinfo.to_string(),
     };
-    format!(
-        "{}{user}{}",
-        &uri[..scheme_end],
-        &uri[scheme_end + at..]
-    )
+    format!("{}{user}{}", &uri[..scheme_end], &uri[scheme_end + at..])
 }
 
 /// The password of a connection string, raw and percent-decoded, to scrub from messages.

@@ -123,7 +123,9 @@ mod tests {
     use super::*;
 
     fn fragment(k: i32, of: i32) -> Document {
-        Document::from(bson::rawdoc! { "_id": { "_data": format!("82AA{k:02}") }, "splitEvent": { "fragment": k, "of": of } })
+        Document::from(
+            bson::rawdoc! { "_id": { "_data": format!("82AA{k:02}") }, "splitEvent": { "fragment": k, "of": of } },
+        )
     }
 
     #[test]

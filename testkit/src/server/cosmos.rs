@@ -143,7 +143,12 @@ pub(super) fn shape(
         "_id",
         doc! { "_data": opaque(&entry.token, Some(partition)) },
     );
-    for key in ["operationType", "updateDescription", "clusterTime", "wallTime"] {
+    for key in [
+        "operationType",
+        "updateDescription",
+        "clusterTime",
+        "wallTime",
+    ] {
         out.remove(key);
     }
     Some(out)
@@ -152,7 +157,11 @@ pub(super) fn shape(
 /// `GetChangeStreamTokens`: one token per partition, at the current position.
 pub(super) fn tokens(shared: &Shared, command: &Document) -> Document {
     let Some(options) = &shared.options.cosmos else {
-        return error(59, "CommandNotFound", "GetChangeStreamTokens is a Cosmos DB command");
+        return error(
+            59,
+            "CommandNotFound",
+            "GetChangeStreamTokens is a Cosmos DB command",
+        );
     };
     let _collection = command
         .get_str("collection")

@@ -190,9 +190,7 @@ pub fn split(event: &Document, max_bytes: usize) -> Vec<Document> {
             .to_vec()
             .map(|v| v.len())
             .unwrap_or(0);
-        if size + len > max_bytes
-            && groups.last().is_some_and(|g| !g.is_empty())
-        {
+        if size + len > max_bytes && groups.last().is_some_and(|g| !g.is_empty()) {
             groups.push(Vec::new());
             size = overhead;
         }

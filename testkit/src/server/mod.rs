@@ -85,6 +85,9 @@ pub struct ServerOptions {
     pub noop_on_idle: bool,
     /// Cosmos DB mode (see [`cosmos`]).
     pub cosmos: Option<cosmos::CosmosOptions>,
+    /// Send no `postBatchResumeToken` (as servers before 4.0.7): the driver then resumes with
+    /// `startAtOperationTime` until it has seen an event.
+    pub omit_post_batch_token: bool,
 }
 
 impl Default for ServerOptions {
@@ -94,6 +97,7 @@ impl Default for ServerOptions {
             max_event_size: 16 * 1024 * 1024,
             noop_on_idle: false,
             cosmos: None,
+            omit_post_batch_token: false,
         }
     }
 }
@@ -116,13 +120,17 @@ pub enum FailAction {
     Delay(Duration),
 }
 
-/// A fail point: the next `times` commands named `command` suffer `action`.
+/// A fail point: the next `times` commands named `command` suffer `action`, once `after` of them
+/// went through. Fail points count commands independently; when several are due for one command,
+/// the first added acts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailPoint {
     /// The command name (`getMore`, `aggregate`, …).
     pub command: String,
     /// How many commands it applies to.
     pub times: usize,
+    /// How many matching commands pass untouched before it applies.
+    pub after: usize,
     /// What happens to them.
     pub action: FailAction,
 }
@@ -133,6 +141,7 @@ impl FailPoint {
         FailPoint {
             command: command.into(),
             times,
+            after: 0,
             action: FailAction::Error {
                 code,
                 name: name.into(),
@@ -145,14 +154,21 @@ impl FailPoint {
         FailPoint {
             command: command.into(),
             times,
+            after: 0,
             action: FailAction::CloseSocket,
         }
+    }
+    /// The same fail point, applying only after `n` matching commands went through.
+    pub fn after(mut self, n: usize) -> Self {
+        self.after = n;
+        self
     }
     /// Delays the next `times` `command`s by `delay`.
     pub fn delay(command: &str, times: usize, delay: Duration) -> Self {
         FailPoint {
             command: command.into(),
             times,
+            after: 0,
             action: FailAction::Delay(delay),
         }
     }
@@ -669,14 +685,19 @@ fn handle(shared: &Shared, command: Document) -> Option<Document> {
     let delay = {
         let mut state = shared.lock();
         state.commands.push(command.clone());
+        // Each fail point counts the matching commands on its own; the first one due acts.
         let mut action = None;
-        if let Some(point) = state
+        for point in state
             .fail_points
             .iter_mut()
-            .find(|p| p.command.eq_ignore_ascii_case(&name) && p.times > 0)
+            .filter(|p| p.command.eq_ignore_ascii_case(&name) && p.times > 0)
         {
-            point.times -= 1;
-            action = Some(point.action.clone());
+            if point.after > 0 {
+                point.after -= 1;
+            } else if action.is_none() {
+                point.times -= 1;
+                action = Some(point.action.clone());
+            }
         }
         state.fail_points.retain(|p| p.times > 0);
         match action {
@@ -698,7 +719,9 @@ fn handle(shared: &Shared, command: Document) -> Option<Document> {
     let mut reply = match name.as_str() {
         "hello" | "isMaster" | "ismaster" => hello(shared),
         "ping" | "endSessions" => doc! { "ok": 1.0 },
-        "buildInfo" | "buildinfo" => doc! { "version": "7.0.0", "versionArray": [7, 0, 0, 0], "ok": 1.0 },
+        "buildInfo" | "buildinfo" => {
+            doc! { "version": "7.0.0", "versionArray": [7, 0, 0, 0], "ok": 1.0 }
+        }
         "saslStart" | "authenticate" => error(18, "AuthenticationFailed", "Authentication failed."),
         "aggregate" => aggregate(shared, &command),
         "getMore" => get_more(shared, &command),
@@ -707,11 +730,7 @@ fn handle(shared: &Shared, command: Document) -> Option<Document> {
         "customAction" if command.get_str("customAction").ok() == Some("GetChangeStreamTokens") => {
             cosmos::tokens(shared, &command)
         }
-        other => error(
-            59,
-            "CommandNotFound",
-            format!("no such command: '{other}'"),
-        ),
+        other => error(59, "CommandNotFound", format!("no such command: '{other}'")),
     };
     let clock = shared.lock().clock;
     if shared.options.replica_set.is_some() {
@@ -804,17 +823,35 @@ fn aggregate(shared: &Shared, command: &Document) -> Document {
     for (key, value) in spec {
         match key.as_str() {
             "fullDocument" => lookup = value.as_str() == Some("updateLookup"),
-            "fullDocumentBeforeChange" | "showExpandedEvents" | "allowToRunOnConfigDB" => {}
+            "fullDocumentBeforeChange"
+            | "showExpandedEvents"
+            | "allowToRunOnConfigDB"
+            | "comment" => {}
             "allChangesForCluster" => cluster = value.as_bool() == Some(true),
             "resumeAfter" | "startAfter" => match token_of(value, key) {
-                Ok(token) => start = Some((token, if key == "resumeAfter" { "resume" } else { "start" })),
+                Ok(token) => {
+                    start = Some((
+                        token,
+                        if key == "resumeAfter" {
+                            "resume"
+                        } else {
+                            "start"
+                        },
+                    ))
+                }
                 Err(reply) => return reply,
             },
             "startAtOperationTime" => match value {
                 Bson::Timestamp(ts) => {
                     start = Some((events::high_water_mark((ts.time, ts.increment)), "time"))
                 }
-                _ => return error(14, "TypeMismatch", "startAtOperationTime must be a timestamp"),
+                _ => {
+                    return error(
+                        14,
+                        "TypeMismatch",
+                        "startAtOperationTime must be a timestamp",
+                    );
+                }
             },
             other => {
                 return error(
@@ -930,10 +967,7 @@ fn aggregate(shared: &Shared, command: &Document) -> Document {
     if id != 0 {
         state.cursors.insert(id, cursor);
     }
-    doc! {
-        "cursor": { "firstBatch": first.events, "postBatchResumeToken": pbrt, "id": id, "ns": ns },
-        "ok": 1.0,
-    }
+    cursor_reply("firstBatch", first.events, pbrt, id, ns)
 }
 
 fn as_usize(v: &Bson) -> Option<usize> {
@@ -945,11 +979,30 @@ fn as_usize(v: &Bson) -> Option<usize> {
     }
 }
 
-fn post_batch_token(shared: &Shared, position: &str) -> Document {
-    match &shared.options.cosmos {
+fn post_batch_token(shared: &Shared, position: &str) -> Option<Document> {
+    if shared.options.omit_post_batch_token {
+        return None;
+    }
+    Some(match &shared.options.cosmos {
         Some(_) => doc! { "_data": cosmos::opaque(position, None) },
         None => events::token_document(position),
+    })
+}
+
+fn cursor_reply(
+    batch_key: &str,
+    events: Vec<Document>,
+    pbrt: Option<Document>,
+    id: i64,
+    ns: String,
+) -> Document {
+    let mut cursor = doc! { batch_key: events };
+    if let Some(pbrt) = pbrt {
+        cursor.insert("postBatchResumeToken", pbrt);
     }
+    cursor.insert("id", id);
+    cursor.insert("ns", ns);
+    doc! { "cursor": cursor, "ok": 1.0 }
 }
 
 struct Batch {
@@ -972,7 +1025,9 @@ fn next_batch(
     let mut resume_inside = None;
     if index > 0 {
         let previous = &state.log[index - 1];
-        if cursor.position.len() > previous.token.len() && cursor.position.starts_with(&previous.token) {
+        if cursor.position.len() > previous.token.len()
+            && cursor.position.starts_with(&previous.token)
+        {
             resume_inside = Some(cursor.position[previous.token.len()..].to_string());
             index -= 1;
         }
@@ -1030,7 +1085,9 @@ fn next_batch(
                     return Err(error(
                         10334,
                         "BSONObjectTooLarge",
-                        format!("BSONObj size: {size} is invalid. Size must be between 0 and 16793600(16MB)"),
+                        format!(
+                            "BSONObj size: {size} is invalid. Size must be between 0 and 16793600(16MB)"
+                        ),
                     ));
                 }
                 let fragments = events::split(&event, shared.options.max_event_size);
@@ -1095,7 +1152,9 @@ fn get_more(shared: &Shared, command: &Document) -> Document {
     let wait = command
         .get("maxTimeMS")
         .and_then(as_usize)
-        .map_or(Duration::from_secs(1), |ms| Duration::from_millis(ms as u64));
+        .map_or(Duration::from_secs(1), |ms| {
+            Duration::from_millis(ms as u64)
+        });
     let deadline = Instant::now() + wait;
     let mut state = shared.lock();
     let Some(mut cursor) = state.cursors.remove(&id) else {
@@ -1111,7 +1170,11 @@ fn get_more(shared: &Shared, command: &Document) -> Document {
             Err(reply) => return reply,
         };
         let now = Instant::now();
-        if !batch.events.is_empty() || batch.closed || now >= deadline || shared.stop.load(Ordering::SeqCst) {
+        if !batch.events.is_empty()
+            || batch.closed
+            || now >= deadline
+            || shared.stop.load(Ordering::SeqCst)
+        {
             if batch.events.is_empty() && !batch.closed && shared.options.noop_on_idle {
                 state.clock.1 += 1;
                 let hwm = events::high_water_mark(state.clock);
@@ -1125,10 +1188,7 @@ fn get_more(shared: &Shared, command: &Document) -> Document {
             if !batch.closed {
                 state.cursors.insert(id, cursor);
             }
-            return doc! {
-                "cursor": { "nextBatch": batch.events, "postBatchResumeToken": pbrt, "id": out_id, "ns": ns },
-                "ok": 1.0,
-            };
+            return cursor_reply("nextBatch", batch.events, pbrt, out_id, ns);
         }
         state = shared
             .changed

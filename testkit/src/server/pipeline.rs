@@ -221,11 +221,16 @@ mod tests {
         .unwrap();
         let event = doc! { "_id": { "_data": "82" }, "operationType": "insert", "ns": {}, "fullDocument": {}, "x": 1 };
         let out = apply(&stages, event).unwrap();
-        assert_eq!(out.keys().collect::<Vec<_>>(), ["_id", "ns", "fullDocument"]);
+        assert_eq!(
+            out.keys().collect::<Vec<_>>(),
+            ["_id", "ns", "fullDocument"]
+        );
         assert!(!touches_id(&stages));
         let bad = parse(&[Bson::Document(doc! { "$project": { "_id": 0 } })]).unwrap();
         assert!(touches_id(&bad));
-        assert!(touches_id(&parse(&[Bson::Document(doc! { "$set": { "_id": 1 } })]).unwrap()));
+        assert!(touches_id(
+            &parse(&[Bson::Document(doc! { "$set": { "_id": 1 } })]).unwrap()
+        ));
         assert!(parse(&[Bson::Document(doc! { "$lookup": {} })]).is_err());
         assert!(
             parse(&[

@@ -147,7 +147,11 @@ pub fn write_reply(
 }
 
 /// Writes `command` as an OP_MSG request (for tests of the server without a driver).
-pub fn write_request(stream: &mut impl Write, request_id: i32, command: &Document) -> io::Result<()> {
+pub fn write_request(
+    stream: &mut impl Write,
+    request_id: i32,
+    command: &Document,
+) -> io::Result<()> {
     write_reply(stream, request_id, 0, command)
 }
 
