@@ -59,7 +59,6 @@ pub mod split;
 
 #[cfg(feature = "live")]
 mod driver;
-#[cfg(feature = "live")]
 pub mod record;
 
 use std::fmt;

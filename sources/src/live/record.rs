@@ -11,16 +11,25 @@
 //! [`Stopper`](super::Stopper), an `invalidate` with the Stop policy); a failure keeps what was
 //! written, which ends with the last whole event.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::Duration;
+#[cfg(feature = "live")]
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::PathBuf,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
 
-use changeflow_core::{ChangeEvent, ClusterTime, ResumeToken};
+use changeflow_core::ClusterTime;
+#[cfg(feature = "live")]
+use changeflow_core::{ChangeEvent, ResumeToken};
 
 use super::LiveOptions;
+#[cfg(feature = "live")]
 use super::driver::{Output, Stop, follow};
 use crate::SourceError;
+#[cfg(feature = "live")]
 use crate::feed::Disconnected;
 
 /// Where a recording is, reported after every batch and at the end.
@@ -44,6 +53,7 @@ impl RecordProgress {
     }
 }
 
+#[cfg(feature = "live")]
 struct Recorder<'a, F: FnMut(&RecordProgress)> {
     path: PathBuf,
     out: BufWriter<File>,
@@ -54,11 +64,13 @@ struct Recorder<'a, F: FnMut(&RecordProgress)> {
     error: Option<std::io::Error>,
 }
 
+#[cfg(feature = "live")]
 fn lag_of(time: ClusterTime) -> Option<Duration> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
     now.checked_sub(Duration::from_secs(u64::from(time.seconds())))
 }
 
+#[cfg(feature = "live")]
 impl<F: FnMut(&RecordProgress)> Output for Recorder<'_, F> {
     fn events(&mut self, batch: Vec<(ChangeEvent, ClusterTime)>) -> Result<(), Disconnected> {
         if batch.is_empty() {
@@ -110,6 +122,20 @@ impl<F: FnMut(&RecordProgress)> Output for Recorder<'_, F> {
 
 /// Records the stream in `options` to `path` (created or truncated), calling `report` with the
 /// progress after each batch. Returns the final progress.
+///
+/// Without the `live` feature this fails with [`SourceError::LiveNotBuilt`].
+#[cfg(not(feature = "live"))]
+pub fn record(
+    _options: &LiveOptions,
+    _path: &Path,
+    _report: impl FnMut(&RecordProgress),
+) -> Result<RecordProgress, SourceError> {
+    Err(SourceError::LiveNotBuilt)
+}
+
+/// Records the stream in `options` to `path` (created or truncated), calling `report` with the
+/// progress after each batch. Returns the final progress.
+#[cfg(feature = "live")]
 pub fn record(
     options: &LiveOptions,
     path: &Path,

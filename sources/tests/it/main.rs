@@ -3,6 +3,9 @@
 //! against the server's event log (no loss, no duplicates); and the same scenarios against a real
 //! replica set when `MONGODB_URI` is set.
 
+// Helpers here panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod cosmos;
 mod failures;
 mod invalidate;

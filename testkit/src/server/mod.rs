@@ -336,6 +336,11 @@ impl ChangeStreamServer {
             .collect()
     }
 
+    /// How many events the log holds.
+    pub fn log_len(&self) -> usize {
+        self.shared.lock().log.len()
+    }
+
     /// Appends a complete event (e.g. from the orders workload) in stream order.
     pub fn push(&self, event: Document) -> Result<(), PushError> {
         let mut state = self.shared.lock();
@@ -560,13 +565,13 @@ fn push_locked(state: &mut State, event: Document) -> Result<(), PushError> {
             "{token}: the token does not start with the clusterTime"
         )));
     }
-    if let Some(last) = state.log.last() {
-        if token <= last.token {
-            return Err(PushError(format!(
-                "{token}: not after the last token {}",
-                last.token
-            )));
-        }
+    if let Some(last) = state.log.last()
+        && token <= last.token
+    {
+        return Err(PushError(format!(
+            "{token}: not after the last token {}",
+            last.token
+        )));
     }
     if time < state.clock {
         return Err(PushError(format!(
