@@ -15,6 +15,8 @@ pub mod frontiers {}
 pub mod document_state {}
 #[doc = include_str!("replay.md")]
 pub mod replay {}
+#[doc = include_str!("live-source.md")]
+pub mod live_source {}
 #[doc = include_str!("views.md")]
 pub mod views {}
 #[doc = include_str!("output.md")]
