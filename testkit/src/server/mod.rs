@@ -1083,8 +1083,15 @@ fn next_batch(
                 "Encountered an event whose _id field, which contains the resume token, was modified by the pipeline.",
             ));
         }
+        // Unchanged by the pipeline or a lookup: the size measured when it was logged holds.
+        let unchanged = cursor.stages.is_empty()
+            && event.contains_key("fullDocument") == entry.event.contains_key("fullDocument");
         if let Some(event) = pipeline::apply(&cursor.stages, event) {
-            let size = event.to_vec().map(|v| v.len()).unwrap_or(entry.size);
+            let size = if unchanged {
+                entry.size
+            } else {
+                event.to_vec().map(|v| v.len()).unwrap_or(entry.size)
+            };
             if size > shared.options.max_event_size {
                 if !cursor.split {
                     return Err(error(
