@@ -216,6 +216,19 @@ pub enum SourceError {
         /// The error that called for the restart.
         last: String,
     },
+    /// A live event is earlier than a time the source already released (the server broke
+    /// stream order).
+    #[error("{stream}: event {token} at {time} is earlier than the source's frontier {frontier}")]
+    LiveOutOfOrder {
+        /// The stream.
+        stream: String,
+        /// The event's token.
+        token: String,
+        /// The event's time.
+        time: ClusterTime,
+        /// The time already released.
+        frontier: ClusterTime,
+    },
     /// Writing a recording failed.
     #[error("cannot write the recording to {path}: {source}", path = path.display())]
     Record {

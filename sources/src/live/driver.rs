@@ -132,6 +132,8 @@ struct Reader<'a> {
     last_token: String,
     /// The last delivered event's token, if it orders (MongoDB `_data`): the duplicate guard.
     last_ordered: Option<ResumeToken>,
+    /// The latest time sent (event or progress): no later event may be earlier.
+    frontier: ClusterTime,
 }
 
 fn to_driver(token: &ResumeToken) -> Result<DriverToken, String> {
@@ -169,6 +171,7 @@ impl<'a> Reader<'a> {
             clock: Default::default(),
             last_token: "the start".into(),
             last_ordered: None,
+            frontier: ClusterTime::MIN,
         }
     }
 
@@ -366,13 +369,24 @@ impl<'a> Reader<'a> {
                         }
                         self.last_ordered = Some(token.clone());
                     }
+                    let time = event.cluster_time();
+                    if time < self.frontier {
+                        out.events(std::mem::take(&mut batch))?;
+                        return Err(Stop::Failed(SourceError::LiveOutOfOrder {
+                            stream: self.stream_name.clone(),
+                            token: token.to_string(),
+                            time,
+                            frontier: self.frontier,
+                        })
+                        .into());
+                    }
+                    self.frontier = time;
                     self.attempt = 0;
                     self.last_event = Instant::now();
                     self.delivered += 1;
                     self.last_token = token.to_string();
                     let driver_token = to_driver(&token).map_err(Fail::Split)?;
                     let invalidate = event.operation() == &OperationType::Invalidate;
-                    let time = event.cluster_time();
                     batch.push((event, time));
                     self.position = if invalidate {
                         Position::StartAfter(driver_token)
@@ -406,7 +420,10 @@ impl<'a> Reader<'a> {
                             (None, None) => None,
                         };
                         self.position = Position::After(driver_token);
-                        if let Some(time) = time {
+                        if let Some(time) = time
+                            && time > self.frontier
+                        {
+                            self.frontier = time;
                             out.progress(time, token)?;
                         }
                     }

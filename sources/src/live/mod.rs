@@ -178,8 +178,8 @@ impl Stopper {
     }
 }
 
-/// How to follow a change stream.
-#[derive(Clone, Debug)]
+/// How to follow a change stream. Its `Debug` output shows the URI with the password redacted.
+#[derive(Clone)]
 pub struct LiveOptions {
     /// The connection string (a replica set or `mongos`); its password is never shown.
     pub uri: String,
@@ -268,6 +268,33 @@ impl LiveOptions {
     /// Checks the options that can be checked without a server (the pipeline).
     pub fn validate(&self) -> Result<(), SourceError> {
         pipeline::check(&self.pipeline).map_err(|reason| SourceError::BadPipeline { reason })
+    }
+}
+
+impl fmt::Debug for LiveOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LiveOptions")
+            .field("uri", &redact::redact_uri(&self.uri))
+            .field("target", &self.target)
+            .field("pipeline", &self.pipeline)
+            .field("full_document", &self.full_document)
+            .field(
+                "full_document_before_change",
+                &self.full_document_before_change,
+            )
+            .field("start", &self.start)
+            .field("batch_size", &self.batch_size)
+            .field("max_await_time", &self.max_await_time)
+            .field("collation", &self.collation)
+            .field("show_expanded_events", &self.show_expanded_events)
+            .field("comment", &self.comment)
+            .field("on_invalidate", &self.on_invalidate)
+            .field("backoff", &self.backoff)
+            .field("cosmos", &self.cosmos)
+            .field("max_events", &self.max_events)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
     }
 }
 

@@ -208,6 +208,12 @@ fn a_password_never_appears_in_errors() {
     );
     let mut o = options(&server, WatchTarget::collection("shop", "orders"));
     o.uri = uri.clone();
+    for shown in [format!("{o:?}"), o.describe()] {
+        assert!(
+            !shown.contains("Hunter2") && shown.contains("app:****@"),
+            "{shown}"
+        );
+    }
     let r = run(o);
     let text = r.status.error().unwrap();
     let error = error_of(&r);
