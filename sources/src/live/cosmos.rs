@@ -11,8 +11,10 @@
 //!
 //! Cosmos events have no `operationType`, `updateDescription` or `clusterTime`, and their tokens
 //! are opaque, so the frontier comes from the source's own clock: a strictly increasing
-//! `(wall-clock seconds, counter)`. A `replace` sets the document whether or not it was known, so
-//! document state upserts; deletes are only visible through the soft-delete convention.
+//! `(wall-clock seconds, counter)`, shared by the per-partition readers (so their merged events
+//! are in time order, and the source's frontier is the minimum over the partitions). A `replace`
+//! sets the document whether or not it was known, so document state upserts; deletes are only
+//! visible through the soft-delete convention.
 
 use bson::{Bson, Document, doc};
 use changeflow_core::ClusterTime;
@@ -23,6 +25,10 @@ use changeflow_core::raw::DocWriter;
 pub struct CosmosOptions {
     /// A document whose `field` equals `value` is deleted (soft delete), e.g. `("deleted", true)`.
     pub soft_delete: Option<(String, Bson)>,
+    /// Follow each physical partition with its own stream: the tokens of the
+    /// `GetChangeStreamTokens` custom action, one reader each (collection targets only). The
+    /// source's frontier is the minimum over the partitions.
+    pub per_partition: bool,
 }
 
 /// The pipeline Cosmos DB requires, around the user's stages.
@@ -119,6 +125,7 @@ mod tests {
     fn cosmos_events_become_upserts_or_soft_deletes() {
         let options = CosmosOptions {
             soft_delete: Some(("deleted".into(), Bson::Boolean(true))),
+            per_partition: false,
         };
         let live = bson::rawdoc! { "_id": { "_data": bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: b"{}".to_vec() } },
         "fullDocument": { "_id": 1, "x": 1 }, "ns": { "db": "a", "coll": "b" }, "documentKey": { "_id": 1 } };

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::pin;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use mongodb::options::{
     ChangeStreamOptions, ClientOptions, Collation, FullDocumentBeforeChangeType, FullDocumentType,
 };
 
+use super::cosmos::SourceClock;
 use super::policy::{Class, classify};
 use super::redact::{Secrets, redact_uri};
 use super::split::Reassembler;
@@ -30,8 +32,13 @@ use crate::feed::{Disconnected, Feed};
 pub(crate) trait Output {
     /// A batch of whole events in stream order.
     fn events(&mut self, batch: Vec<(ChangeEvent, ClusterTime)>) -> Result<(), Disconnected>;
-    /// Nothing before `time` will follow (a post-batch token).
-    fn progress(&mut self, time: ClusterTime, token: ResumeToken) -> Result<(), Disconnected>;
+    /// Nothing before `time` will follow (a post-batch token, if there is one for the whole
+    /// output).
+    fn progress(
+        &mut self,
+        time: ClusterTime,
+        token: Option<ResumeToken>,
+    ) -> Result<(), Disconnected>;
     /// Whether anyone still listens.
     fn is_connected(&self) -> bool;
 }
@@ -40,8 +47,12 @@ impl Output for Feed {
     fn events(&mut self, batch: Vec<(ChangeEvent, ClusterTime)>) -> Result<(), Disconnected> {
         Feed::events(self, batch)
     }
-    fn progress(&mut self, time: ClusterTime, token: ResumeToken) -> Result<(), Disconnected> {
-        Feed::progress(self, time, Some(token))
+    fn progress(
+        &mut self,
+        time: ClusterTime,
+        token: Option<ResumeToken>,
+    ) -> Result<(), Disconnected> {
+        Feed::progress(self, time, token)
     }
     fn is_connected(&self) -> bool {
         Feed::is_connected(self)
@@ -78,7 +89,12 @@ pub(crate) fn follow(out: &mut impl Output, options: &LiveOptions) -> Result<(),
         .enable_all()
         .build()
         .map_err(|e| Stop::Failed(SourceError::Thread(format!("tokio runtime: {e}"))))?;
-    runtime.block_on(Reader::new(options).run(out))
+    let clock = Arc::new(Mutex::new(SourceClock::default()));
+    if options.cosmos.as_ref().is_some_and(|c| c.per_partition) {
+        runtime.block_on(partitions::follow(out, options, clock))
+    } else {
+        runtime.block_on(Reader::new(options, clock).run(out))
+    }
 }
 
 /// Where to reopen the stream.
@@ -128,7 +144,7 @@ struct Reader<'a> {
     delivered: u64,
     last_event: Instant,
     reassembler: Reassembler,
-    clock: super::cosmos::SourceClock,
+    clock: Arc<Mutex<SourceClock>>,
     last_token: String,
     /// The last delivered event's token, if it orders (MongoDB `_data`): the duplicate guard.
     last_ordered: Option<ResumeToken>,
@@ -157,7 +173,7 @@ async fn poll_once<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(options: &'a LiveOptions) -> Self {
+    fn new(options: &'a LiveOptions, clock: Arc<Mutex<SourceClock>>) -> Self {
         Reader {
             options,
             secrets: Secrets::of_uri(&options.uri),
@@ -168,7 +184,7 @@ impl<'a> Reader<'a> {
             delivered: 0,
             last_event: Instant::now(),
             reassembler: Reassembler::default(),
-            clock: Default::default(),
+            clock,
             last_token: "the start".into(),
             last_ordered: None,
             frontier: ClusterTime::MIN,
@@ -416,7 +432,7 @@ impl<'a> Reader<'a> {
                     {
                         let time = match (token.cluster_time(), &self.options.cosmos) {
                             (Some(time), _) => Some(time),
-                            (None, Some(_)) => Some(self.clock.tick()),
+                            (None, Some(_)) => Some(self.tick()),
                             (None, None) => None,
                         };
                         self.position = Position::After(driver_token);
@@ -424,7 +440,7 @@ impl<'a> Reader<'a> {
                             && time > self.frontier
                         {
                             self.frontier = time;
-                            out.progress(time, token)?;
+                            out.progress(time, Some(token))?;
                         }
                     }
                     if self
@@ -446,6 +462,14 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The next time of the source's own clock (Cosmos DB events carry none).
+    fn tick(&self) -> ClusterTime {
+        self.clock
+            .lock()
+            .map(|mut c| c.tick())
+            .unwrap_or_else(|e| e.into_inner().tick())
+    }
+
     fn decode(&mut self, whole: Document) -> Result<ChangeEvent, Fail> {
         let bad = |source| {
             Fail::Stop(Stop::Failed(SourceError::BadLiveEvent {
@@ -455,7 +479,7 @@ impl<'a> Reader<'a> {
         };
         match &self.options.cosmos {
             Some(cosmos) => {
-                let time = self.clock.tick();
+                let time = self.tick();
                 let bytes = super::cosmos::to_mongodb_event(whole.as_bytes(), time, cosmos)
                     .map_err(|reason| {
                         bad(changeflow_core::Error::Event {
@@ -566,6 +590,190 @@ impl<'a> Reader<'a> {
             .unwrap_or(0);
         let delay = self.options.backoff.delay(self.attempt.max(1), seed);
         tokio::time::sleep(delay.min(Duration::from_secs(300))).await;
+        Ok(())
+    }
+}
+
+/// Cosmos DB per-partition readers: one stream per token of `GetChangeStreamTokens`, each with
+/// its own restart loop, merged into one output.
+///
+/// ```text
+///   GetChangeStreamTokens ─▶ token p ─▶ Reader (task p) ─┐ events (one at a time, timed by
+///                                                        ├─▶ the shared clock, so merged order
+///                          token q ─▶ Reader (task q) ─┘   is time order) ─▶ output
+///   progress: the minimum over partitions of each one's latest time
+/// ```
+mod partitions {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    enum Message {
+        Events(usize, Vec<(ChangeEvent, ClusterTime)>),
+        Progress(usize, ClusterTime),
+        Done(Result<(), Stop>),
+    }
+
+    struct ChannelOutput {
+        partition: usize,
+        sender: mpsc::UnboundedSender<Message>,
+    }
+
+    impl Output for ChannelOutput {
+        fn events(&mut self, batch: Vec<(ChangeEvent, ClusterTime)>) -> Result<(), Disconnected> {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.sender
+                .send(Message::Events(self.partition, batch))
+                .map_err(|_| Disconnected)
+        }
+        fn progress(
+            &mut self,
+            time: ClusterTime,
+            _token: Option<ResumeToken>,
+        ) -> Result<(), Disconnected> {
+            self.sender
+                .send(Message::Progress(self.partition, time))
+                .map_err(|_| Disconnected)
+        }
+        fn is_connected(&self) -> bool {
+            !self.sender.is_closed()
+        }
+    }
+
+    /// The per-partition tokens of a collection (the `GetChangeStreamTokens` custom action).
+    async fn tokens(options: &LiveOptions) -> Result<Vec<ResumeToken>, Stop> {
+        let stream = options.describe();
+        let secrets = Secrets::of_uri(&options.uri);
+        let WatchTarget::Collection { db, coll } = &options.target else {
+            return Err(Stop::Failed(SourceError::BadPipeline {
+                reason: "Cosmos DB per-partition readers need a collection target".into(),
+            }));
+        };
+        let fail = |e: DriverError| {
+            Stop::Failed(SourceError::Server {
+                stream: stream.clone(),
+                code: match e.kind.as_ref() {
+                    ErrorKind::Command(c) => c.code,
+                    _ => 0,
+                },
+                name: "GetChangeStreamTokens".into(),
+                message: secrets.scrub(&e.to_string()),
+            })
+        };
+        let client_options = ClientOptions::parse(&options.uri).await.map_err(|e| {
+            Stop::Failed(SourceError::BadUri {
+                uri: redact_uri(&options.uri),
+                reason: secrets.scrub(&e.to_string()),
+            })
+        })?;
+        let client = Client::with_options(client_options).map_err(fail)?;
+        let reply = client
+            .database(db)
+            .run_command(bson::doc! { "customAction": "GetChangeStreamTokens", "collection": coll })
+            .await
+            .map_err(fail);
+        client.shutdown().immediate(true).await;
+        let reply = reply?;
+        let tokens = reply
+            .get_array("resumeAfterTokens")
+            .map_err(|e| {
+                Stop::Failed(SourceError::Server {
+                    stream: stream.clone(),
+                    code: 0,
+                    name: "GetChangeStreamTokens".into(),
+                    message: format!("no `resumeAfterTokens` in the reply: {e}"),
+                })
+            })?
+            .iter()
+            .filter_map(|t| t.as_document())
+            .filter_map(|t| Document::try_from(t).ok())
+            .map(ResumeToken::from_document)
+            .collect();
+        Ok(tokens)
+    }
+
+    pub(super) async fn follow(
+        out: &mut impl Output,
+        options: &LiveOptions,
+        clock: Arc<Mutex<SourceClock>>,
+    ) -> Result<(), Stop> {
+        let tokens = tokens(options).await?;
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        for (partition, token) in tokens.iter().enumerate() {
+            let mut one = options.clone();
+            one.start = StartAt::ResumeAfter(token.clone());
+            one.max_events = None;
+            one.idle_timeout = None;
+            // One event per message: the shared clock's order is the merged order.
+            one.batch = 1;
+            if let Some(cosmos) = &mut one.cosmos {
+                cosmos.per_partition = false;
+            }
+            let mut output = ChannelOutput {
+                partition,
+                sender: sender.clone(),
+            };
+            let clock = Arc::clone(&clock);
+            tokio::spawn(async move {
+                let result = Reader::new(&one, clock).run(&mut output).await;
+                let _ = output.sender.send(Message::Done(result));
+            });
+        }
+        drop(sender);
+        let mut latest = vec![None::<ClusterTime>; tokens.len()];
+        let mut running = tokens.len();
+        let mut sent = ClusterTime::MIN;
+        let mut delivered = 0u64;
+        let mut last_event = Instant::now();
+        while running > 0 {
+            if options.stopper.is_stopped()
+                || options
+                    .idle_timeout
+                    .is_some_and(|limit| last_event.elapsed() >= limit)
+            {
+                options.stopper.stop();
+            }
+            let message =
+                match tokio::time::timeout(Duration::from_millis(50), receiver.recv()).await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(_) => continue,
+                };
+            match message {
+                Message::Events(partition, batch) => {
+                    if let Some((_, time)) = batch.last() {
+                        latest[partition] = Some(*time);
+                    }
+                    delivered += batch.len() as u64;
+                    last_event = Instant::now();
+                    out.events(batch)?;
+                    if options.max_events.is_some_and(|n| delivered >= n) {
+                        options.stopper.stop();
+                    }
+                }
+                Message::Progress(partition, time) => {
+                    latest[partition] = Some(time);
+                    // The frontier is the minimum over partitions that have reported.
+                    if let Some(min) = latest
+                        .iter()
+                        .copied()
+                        .collect::<Option<Vec<_>>>()
+                        .and_then(|t| t.into_iter().min())
+                        && min > sent
+                    {
+                        sent = min;
+                        // No single token stands for every partition.
+                        out.progress(min, None)?;
+                    }
+                }
+                Message::Done(Ok(())) => running -= 1,
+                Message::Done(Err(stop)) => {
+                    options.stopper.stop();
+                    return Err(stop);
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -107,7 +107,11 @@ impl<F: FnMut(&RecordProgress)> Output for Recorder<'_, F> {
         Ok(())
     }
 
-    fn progress(&mut self, time: ClusterTime, _token: ResumeToken) -> Result<(), Disconnected> {
+    fn progress(
+        &mut self,
+        time: ClusterTime,
+        _token: Option<ResumeToken>,
+    ) -> Result<(), Disconnected> {
         self.progress.frontier = Some(time);
         self.progress.elapsed = self.started.elapsed();
         self.progress.lag = lag_of(time);

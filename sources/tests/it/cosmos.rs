@@ -39,10 +39,10 @@ fn cosmos_events_become_upserts_and_soft_deletes() {
     o.start = changeflow_sources::live::StartAt::Now;
     o.cosmos = Some(CosmosOptions {
         soft_delete: Some(("deleted".into(), Bson::Boolean(true))),
+        per_partition: false,
     });
     o.max_events = Some(3);
-    // The stream is opened "now" in Cosmos (no history): replay what was written by resuming
-    // from a token taken before the writes is not possible, so write after opening.
+    // The stream starts "now": the writes happen once it is open.
     let server = std::sync::Arc::new(server);
     let s2 = std::sync::Arc::clone(&server);
     let wrote = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -100,5 +100,64 @@ fn a_missing_collection_is_namespace_not_found() {
     assert!(
         matches!(error, SourceError::NamespaceNotFound { .. }),
         "{error}"
+    );
+}
+
+#[test]
+fn per_partition_readers_follow_every_partition_once() {
+    let server = std::sync::Arc::new(
+        ChangeStreamServer::start_with(ServerOptions {
+            cosmos: Some(ServerCosmos { partitions: 3 }),
+            ..ServerOptions::default()
+        })
+        .unwrap(),
+    );
+    server.insert("shop", "carts", doc! { "_id": -1 });
+    let mut o = options(&server, WatchTarget::collection("shop", "carts"));
+    o.start = changeflow_sources::live::StartAt::Now;
+    o.cosmos = Some(CosmosOptions {
+        soft_delete: None,
+        per_partition: true,
+    });
+    o.max_events = Some(30);
+    let s2 = std::sync::Arc::clone(&server);
+    let wrote = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w2 = std::sync::Arc::clone(&wrote);
+    let run = crate::support::run_with(o, move |_| {
+        if !w2.load(std::sync::atomic::Ordering::SeqCst) && s2.change_stream_stages().len() >= 3 {
+            w2.store(true, std::sync::atomic::Ordering::SeqCst);
+            for i in 0..30 {
+                s2.insert("shop", "carts", doc! { "_id": i, "n": i });
+            }
+        }
+    });
+    assert!(run.status.error().is_none(), "{:?}", run.status.error());
+    let tokens = server.commands_named("customAction");
+    assert_eq!(tokens.len(), 1, "GetChangeStreamTokens once");
+    let stages = server.change_stream_stages();
+    assert_eq!(stages.len(), 3, "one stream per partition");
+    assert!(stages.iter().all(|s| s.contains_key("resumeAfter")));
+    let mut ids: Vec<i64> = run
+        .events
+        .iter()
+        .map(|e| {
+            assert_eq!(e.operation(), &OperationType::Replace);
+            e.document_key_bytes()
+                .and_then(|k| changeflow_core::raw::get(k, "_id").ok().flatten())
+                .and_then(|v| v.as_i64())
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        run.events
+            .windows(2)
+            .all(|w| w[0].cluster_time() < w[1].cluster_time()),
+        "merged in time order"
+    );
+    ids.sort();
+    assert_eq!(
+        ids,
+        (0..30).collect::<Vec<_>>(),
+        "every document once, across partitions"
     );
 }

@@ -968,7 +968,7 @@ fn aggregate(shared: &Shared, command: &Document) -> Document {
     } else {
         shared.next_cursor.fetch_add(1, Ordering::SeqCst)
     };
-    let pbrt = post_batch_token(shared, &cursor.position);
+    let pbrt = post_batch_token(shared, &cursor);
     if id != 0 {
         state.cursors.insert(id, cursor);
     }
@@ -984,13 +984,13 @@ fn as_usize(v: &Bson) -> Option<usize> {
     }
 }
 
-fn post_batch_token(shared: &Shared, position: &str) -> Option<Document> {
+fn post_batch_token(shared: &Shared, cursor: &Cursor) -> Option<Document> {
     if shared.options.omit_post_batch_token {
         return None;
     }
     Some(match &shared.options.cosmos {
-        Some(_) => doc! { "_data": cosmos::opaque(position, None) },
-        None => events::token_document(position),
+        Some(_) => doc! { "_data": cosmos::opaque(&cursor.position, cursor.cosmos.as_ref()) },
+        None => events::token_document(&cursor.position),
     })
 }
 
@@ -1194,7 +1194,7 @@ fn get_more(shared: &Shared, command: &Document) -> Document {
                     cursor.position = hwm;
                 }
             }
-            let pbrt = post_batch_token(shared, &cursor.position);
+            let pbrt = post_batch_token(shared, &cursor);
             let ns = cursor.ns.clone();
             let out_id = if batch.closed { 0 } else { id };
             if !batch.closed {
