@@ -111,14 +111,14 @@ enum Position {
 enum Flow {
     /// The input ended (stop asked, limit reached, invalidate with the Stop policy).
     End,
-    /// Open a new stream from the position (invalidate with ContinueWithStartAfter, or the
-    /// cursor closed).
+    /// Open a new stream at once with `startAfter` the invalidate (ContinueWithStartAfter).
     Reopen,
 }
 
 enum Fail {
     Driver(DriverError),
-    Split(String),
+    /// Reopen after a pause: fragments out of sequence, a cursor the server closed.
+    Restart(String),
     Stop(Stop),
 }
 
@@ -366,7 +366,7 @@ impl<'a> Reader<'a> {
                     let Some(whole) = self
                         .reassembler
                         .push(Document::from(raw))
-                        .map_err(Fail::Split)?
+                        .map_err(Fail::Restart)?
                     else {
                         continue;
                     };
@@ -401,7 +401,7 @@ impl<'a> Reader<'a> {
                     self.last_event = Instant::now();
                     self.delivered += 1;
                     self.last_token = token.to_string();
-                    let driver_token = to_driver(&token).map_err(Fail::Split)?;
+                    let driver_token = to_driver(&token).map_err(Fail::Restart)?;
                     let invalidate = event.operation() == &OperationType::Invalidate;
                     batch.push((event, time));
                     self.position = if invalidate {
@@ -451,7 +451,10 @@ impl<'a> Reader<'a> {
                         return Ok(Flow::End);
                     }
                     if !stream.is_alive() {
-                        return Ok(Flow::Reopen);
+                        // Closed without an invalidate: reopen from the position, with backoff.
+                        return Err(Fail::Restart(
+                            "the server closed the change stream's cursor".into(),
+                        ));
                     }
                 }
                 Err(e) => {
@@ -502,7 +505,7 @@ impl<'a> Reader<'a> {
                     _ => Stop::Disconnected,
                 });
             }
-            Fail::Split(reason) => (Class::Transient, None, String::new(), reason.clone()),
+            Fail::Restart(reason) => (Class::Transient, None, String::new(), reason.clone()),
             Fail::Driver(e) => {
                 let (code, name) = match e.kind.as_ref() {
                     ErrorKind::Command(c) => (Some(c.code), c.code_name.clone()),
@@ -742,6 +745,10 @@ mod partitions {
                 };
             match message {
                 Message::Events(partition, batch) => {
+                    if options.max_events.is_some_and(|n| delivered >= n) {
+                        // The input has ended: what the readers had in flight is not part of it.
+                        continue;
+                    }
                     if let Some((_, time)) = batch.last() {
                         latest[partition] = Some(*time);
                     }
