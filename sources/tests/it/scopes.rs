@@ -2,9 +2,9 @@
 
 use bson::{Document, doc};
 use changeflow_core::OperationType;
-use changeflow_sources::live::{FullDocument, WatchTarget};
+use changeflow_sources::live::{FullDocument, FullDocumentBeforeChange, WatchTarget};
 use changeflow_testkit::orders::OrdersConfig;
-use changeflow_testkit::server::ChangeStreamServer;
+use changeflow_testkit::server::{ChangeStreamServer, TxnOp};
 
 use crate::support::{assert_delivered, options, run, stages};
 
@@ -140,4 +140,59 @@ fn update_lookup_fills_updates_with_the_current_document() {
         .unwrap();
     let full = update.full_document().unwrap().unwrap();
     assert_eq!(full.get("name").unwrap().unwrap().as_str(), Some("Ada L."));
+}
+
+#[test]
+fn every_driver_option_reaches_the_server() {
+    let server = ChangeStreamServer::start().unwrap();
+    server.insert("shop", "orders", doc! { "_id": 1 });
+    let mut o = options(&server, WatchTarget::collection("shop", "orders"));
+    o.full_document = FullDocument::Required;
+    o.full_document_before_change = FullDocumentBeforeChange::WhenAvailable;
+    o.collation = Some(doc! { "locale": "fr" });
+    o.max_events = Some(1);
+    let run = run(o);
+    assert!(run.status.error().is_none(), "{:?}", run.status.error());
+    let stage = &stages(&server)[0];
+    assert_eq!(stage.get_str("fullDocument").ok(), Some("required"));
+    assert_eq!(
+        stage.get_str("fullDocumentBeforeChange").ok(),
+        Some("whenAvailable")
+    );
+    assert!(stage.contains_key("startAtOperationTime"));
+    let aggregate = &server.commands_named("aggregate")[0];
+    assert_eq!(
+        aggregate
+            .get_document("collation")
+            .unwrap()
+            .get_str("locale")
+            .ok(),
+        Some("fr")
+    );
+}
+
+#[test]
+fn a_transaction_arrives_whole_at_one_time_in_order() {
+    let server = ChangeStreamServer::start().unwrap();
+    server.insert("shop", "orders", doc! { "_id": 1, "n": 0 });
+    let txn = server.transaction(vec![
+        TxnOp::Insert("shop".into(), "orders".into(), doc! { "_id": 2 }),
+        TxnOp::Update("shop".into(), "orders".into(), 1.into(), doc! { "n": 1 }),
+        TxnOp::Delete("shop".into(), "orders".into(), 2.into()),
+    ]);
+    server.insert("shop", "orders", doc! { "_id": 3 });
+    let mut o = options(&server, WatchTarget::collection("shop", "orders"));
+    o.max_events = Some(5);
+    let run = run(o);
+    assert_delivered(&run, &server.events());
+    let in_txn: Vec<_> = run.events.iter().filter(|e| e.txn().is_some()).collect();
+    assert_eq!(in_txn.len(), txn.len());
+    assert!(
+        in_txn
+            .iter()
+            .all(|e| e.cluster_time() == in_txn[0].cluster_time())
+    );
+    assert!(in_txn.iter().all(|e| e.txn() == in_txn[0].txn()));
+    assert!(run.events[0].cluster_time() < in_txn[0].cluster_time());
+    assert!(in_txn[0].cluster_time() < run.events[4].cluster_time());
 }
