@@ -1225,3 +1225,117 @@ fn kill_cursors(shared: &Shared, command: &Document) -> Document {
     }
     doc! { "cursorsKilled": killed, "cursorsNotFound": missing, "cursorsAlive": [], "cursorsUnknown": [], "ok": 1.0 }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(stream: &mut TcpStream, id: i32, command: Document) -> Document {
+        wire::write_request(stream, id, &command).expect("send");
+        wire::read_reply(stream).expect("reply")
+    }
+
+    #[test]
+    fn commands_without_a_driver() {
+        let server = ChangeStreamServer::start().expect("start");
+        let mut c = TcpStream::connect(server.address()).expect("connect");
+        let hello = call(&mut c, 1, doc! { "hello": 1, "$db": "admin" });
+        assert_eq!(hello.get_str("setName").ok(), Some("rs0"));
+        assert_eq!(
+            hello
+                .get_array("hosts")
+                .ok()
+                .and_then(|h| h.first())
+                .and_then(Bson::as_str),
+            Some(server.address().to_string().as_str())
+        );
+        let unknown = call(&mut c, 2, doc! { "frobnicate": 1, "$db": "admin" });
+        assert_eq!(unknown.get_i32("code").ok(), Some(59));
+        let bad = call(
+            &mut c,
+            3,
+            doc! { "aggregate": "c", "pipeline": [{ "$changeStream": { "nope": 1 } }], "cursor": {}, "$db": "d" },
+        );
+        assert_eq!(bad.get_i32("code").ok(), Some(40415));
+
+        server.insert("d", "c", doc! { "_id": 1 });
+        let opened = call(
+            &mut c,
+            4,
+            doc! { "aggregate": "c", "pipeline": [{ "$changeStream": { "startAtOperationTime": Timestamp { time: 1, increment: 0 } } }], "cursor": {}, "$db": "d" },
+        );
+        let cursor = opened.get_document("cursor").expect("cursor");
+        assert_eq!(cursor.get_array("firstBatch").map(Vec::len).ok(), Some(1));
+        let id = cursor.get_i64("id").expect("int64 id");
+        assert!(id != 0);
+        let started = Instant::now();
+        let idle = call(
+            &mut c,
+            5,
+            doc! { "getMore": id, "collection": "c", "maxTimeMS": 150, "$db": "d" },
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(140),
+            "an empty getMore waits maxTimeMS"
+        );
+        let next = idle.get_document("cursor").expect("cursor");
+        assert!(next.get_array("nextBatch").expect("batch").is_empty());
+        assert!(next.get_document("postBatchResumeToken").is_ok());
+        let killed = call(
+            &mut c,
+            6,
+            doc! { "killCursors": "c", "cursors": [id], "$db": "d" },
+        );
+        assert_eq!(
+            killed.get_array("cursorsKilled").map(Vec::len).ok(),
+            Some(1)
+        );
+        let gone = call(
+            &mut c,
+            7,
+            doc! { "getMore": id, "collection": "c", "$db": "d" },
+        );
+        assert_eq!(gone.get_i32("code").ok(), Some(43));
+        assert_eq!(
+            call(&mut c, 8, doc! { "endSessions": [], "$db": "admin" })
+                .get_f64("ok")
+                .ok(),
+            Some(1.0)
+        );
+        assert_eq!(server.commands().len(), 8, "the recorder saw every command");
+
+        server.fail(FailPoint::error(
+            "ping",
+            1,
+            91,
+            "ShutdownInProgress",
+            &["ResumableChangeStreamError"],
+        ));
+        let failed = call(&mut c, 9, doc! { "ping": 1, "$db": "admin" });
+        assert_eq!(failed.get_i32("code").ok(), Some(91));
+        assert_eq!(
+            failed
+                .get_array("errorLabels")
+                .ok()
+                .and_then(|l| l.first())
+                .and_then(Bson::as_str),
+            Some("ResumableChangeStreamError")
+        );
+        assert_eq!(
+            call(&mut c, 10, doc! { "ping": 1, "$db": "admin" })
+                .get_f64("ok")
+                .ok(),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn the_log_refuses_events_out_of_stream_order() {
+        let server = ChangeStreamServer::start().expect("start");
+        let first = server.insert("d", "c", doc! { "_id": 1 });
+        assert!(server.push(first).is_err(), "the same token again");
+        assert!(server.push(doc! { "_id": { "_data": "zz" } }).is_err());
+        server.truncate_history(server.clock());
+        assert_eq!(server.log_len(), 1);
+    }
+}
