@@ -232,7 +232,7 @@ impl<'a> Reader<'a> {
             if matches!(self.position, Position::Original)
                 && let Some(token) = stream.resume_token()
             {
-                self.position = Position::After(token);
+                self.advance_without_event(token);
             }
             self.reassembler.clear();
             match self.drain(&mut stream, out).await {
@@ -435,7 +435,7 @@ impl<'a> Reader<'a> {
                             (None, Some(_)) => Some(self.tick()),
                             (None, None) => None,
                         };
-                        self.position = Position::After(driver_token);
+                        self.advance_without_event(driver_token);
                         if let Some(time) = time
                             && time > self.frontier
                         {
@@ -463,6 +463,18 @@ impl<'a> Reader<'a> {
                 }
             }
         }
+    }
+
+    /// Moves the position to a post-batch token. Until an event arrives, a stream started (or
+    /// continued after an invalidate) with `startAfter` keeps reopening with `startAfter`, as
+    /// the driver does: `resumeAfter` cannot follow an invalidate.
+    fn advance_without_event(&mut self, token: DriverToken) {
+        self.position = match (&self.position, &self.options.start) {
+            (Position::StartAfter(_), _) | (Position::Original, StartAt::StartAfter(_)) => {
+                Position::StartAfter(token)
+            }
+            _ => Position::After(token),
+        };
     }
 
     /// The next time of the source's own clock (Cosmos DB events carry none).
@@ -519,11 +531,17 @@ impl<'a> Reader<'a> {
                         | ErrorKind::ServerSelection { .. }
                 );
                 let labels: Vec<&str> = e.labels().iter().map(String::as_str).collect();
+                // The server's own message for command errors (the driver's text adds the raw
+                // reply as hex); the driver's text for everything else.
+                let text = match e.kind.as_ref() {
+                    ErrorKind::Command(c) => c.message.clone(),
+                    _ => e.to_string(),
+                };
                 (
                     classify(code, &labels, network),
                     code,
                     name,
-                    self.secrets.scrub(&e.to_string()),
+                    self.secrets.scrub(&text),
                 )
             }
         };

@@ -99,3 +99,41 @@ fn split_events_are_reassembled_in_order() {
     );
     assert!(run.events[1].token() < run.events[2].token());
 }
+
+#[test]
+fn after_an_invalidate_restarts_keep_using_start_after_until_an_event_arrives() {
+    let server = std::sync::Arc::new(ChangeStreamServer::start().unwrap());
+    server.insert("shop", "orders", doc! { "_id": 1 });
+    server.drop_collection("shop", "orders");
+    // The continued stream idles once (its post-batch token is the invalidate's), then its
+    // socket closes and the driver's resume aggregate fails: the source's own reopen must still
+    // say startAfter, since resumeAfter cannot follow an invalidate.
+    server.fail(changeflow_testkit::server::FailPoint::close_socket("getMore", 1).after(1));
+    server.fail(
+        changeflow_testkit::server::FailPoint::error(
+            "aggregate",
+            1,
+            12345,
+            "Transient",
+            &["ResumableChangeStreamError"],
+        )
+        .after(2),
+    );
+    let mut o = options(&server, WatchTarget::collection("shop", "orders"));
+    o.on_invalidate = InvalidatePolicy::ContinueWithStartAfter;
+    o.max_events = Some(4);
+    let s2 = std::sync::Arc::clone(&server);
+    let run = run_with(o, move |_| {
+        if s2.change_stream_stages().len() == 4 && s2.log_len() == 2 {
+            s2.insert("shop", "orders", doc! { "_id": 2 });
+        }
+    });
+    assert!(run.status.error().is_none(), "{:?}", run.status.error());
+    let ops: Vec<&str> = run.events.iter().map(|e| e.operation().as_str()).collect();
+    assert_eq!(ops, ["insert", "drop", "invalidate", "insert"]);
+    let stages = server.change_stream_stages();
+    assert_eq!(stages.len(), 4);
+    for stage in &stages[1..] {
+        assert_eq!(start_option(stage), Some("startAfter"), "{stage}");
+    }
+}
