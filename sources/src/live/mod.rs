@@ -1,5 +1,5 @@
 //! The live source: a MongoDB change stream, followed with the `mongodb` driver, as a timely
-//! stream of [`ChangeEvent`]s at their cluster times.
+//! stream of [`ChangeEvent`](changeflow_core::ChangeEvent)s at their cluster times.
 //!
 //! ```text
 //!   reader thread (tokio current-thread runtime)                         timely worker 0
