@@ -54,7 +54,7 @@ fn history_lost_while_resuming_mid_stream_is_typed_too() {
         .unwrap();
     // The second getMore waits; meanwhile the oplog rolls over; the third getMore's socket
     // closes and the driver's resume finds its token gone.
-    server.fail(FailPoint::delay("getMore", 1, std::time::Duration::from_millis(300)).after(1));
+    server.fail(FailPoint::delay("getMore", 1, std::time::Duration::from_millis(1000)).after(1));
     server.fail(FailPoint::close_socket("getMore", 1).after(2));
     let mut o = options(&server, WatchTarget::collection("shop", "orders"));
     o.batch_size = Some(20);
