@@ -4,12 +4,14 @@
 //! * [`parquet`]: snapshots written as Parquet files, atomically (temporary name, then rename).
 //! * [`table`]: a view printed as a text table.
 //! * [`changelog`]: a view's changes as JSON lines, one closed time at a time.
+//! * [`transaction_log`]: transaction `BEGIN` / `END` metadata as JSON lines.
 #![deny(missing_docs)]
 
 pub mod arrow;
 pub mod changelog;
 pub mod parquet;
 pub mod table;
+pub mod transaction_log;
 
 use std::path::PathBuf;
 

@@ -11,6 +11,8 @@
 //! * [`live`]: a MongoDB change stream through the `mongodb` driver (the `live` feature), with
 //!   post-batch tokens as progress, its own restart loop, typed failures, split-event
 //!   reassembly and a Cosmos DB mode; [`live::record`] captures a stream to a replayable file.
+//! * [`commit_time`]: every event of a transaction is emitted at one time, the clusterTime of
+//!   its last event, once the stream has moved past it (the feed applies it to every source).
 //! * [`memory`]: events held in memory, for tests and examples.
 //! * [`reader`]: the file reader under the replay source, usable without timely.
 //! * [`SourceStatus`]: progress, counters and failure, shared with the driver.
@@ -19,6 +21,7 @@
 //! [`ClusterTime`]: changeflow_core::ClusterTime
 #![deny(missing_docs)]
 
+pub mod commit_time;
 pub mod error;
 pub mod feed;
 pub mod live;

@@ -14,6 +14,9 @@
 //!   so the real `mongodb` driver can open, follow and resume change streams without a database:
 //!   an event log fed from the workload or from event builders, fail points, a recorder of the
 //!   commands received, and a Cosmos DB mode.
+//! * The **bank** workload ([`bank`]) moves money between accounts inside transactions (some
+//!   spanning several clusterTimes, some interleaved at one clusterTime as on a sharded
+//!   cluster), so the total of all balances is an invariant that a partial transaction breaks.
 //! * [`extjson`] writes `bson::Document`s as Extended JSON (relaxed or canonical) like MongoDB's
 //!   tools; [`rng`] is the small seeded PRNG behind the workloads.
 //!
@@ -32,6 +35,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bank;
 pub mod extjson;
 pub mod orders;
 pub mod reference;

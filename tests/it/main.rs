@@ -7,3 +7,4 @@ mod handles;
 mod live;
 mod orders_oracle;
 mod support;
+mod transactions;
