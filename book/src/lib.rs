@@ -17,6 +17,8 @@ pub mod document_state {}
 pub mod transactions {}
 #[doc = include_str!("replay.md")]
 pub mod replay {}
+#[doc = include_str!("live-source.md")]
+pub mod live_source {}
 #[doc = include_str!("views.md")]
 pub mod views {}
 #[doc = include_str!("pipelines.md")]

@@ -7,8 +7,10 @@
 //!
 //! * [`replay`]: recorded events from a file of Extended JSON lines or BSON documents, once or
 //!   following the file as it grows; bad lines stop the source or go to a dead-letter file.
-//! * [`feed`]: a source fed by a reader thread through a bounded channel (replay uses it; live
-//!   streams will).
+//! * [`feed`]: a source fed by a reader thread through a bounded channel (replay and live use it).
+//! * [`live`]: a MongoDB change stream through the `mongodb` driver (the `live` feature), with
+//!   post-batch tokens as progress, its own restart loop, typed failures, split-event
+//!   reassembly and a Cosmos DB mode; [`live::record`] captures a stream to a replayable file.
 //! * [`commit_time`]: every event of a transaction is emitted at one time, the clusterTime of
 //!   its last event, once the stream has moved past it (the feed applies it to every source).
 //! * [`memory`]: events held in memory, for tests and examples.
@@ -22,6 +24,7 @@
 pub mod commit_time;
 pub mod error;
 pub mod feed;
+pub mod live;
 pub mod memory;
 pub mod reader;
 pub mod replay;

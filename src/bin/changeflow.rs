@@ -5,6 +5,8 @@ use std::io::BufWriter;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use changeflow::sources::live::record::RecordProgress;
+use changeflow::sources::live::{LiveOptions, WatchTarget};
 use changeflow_testkit::orders::{OrdersConfig, write_bson, write_json_lines};
 use clap::{Parser, Subcommand};
 
@@ -24,6 +26,28 @@ enum Command {
     OrdersByRegion(changeflow::jobs::orders_by_region::Args),
     /// Keep a MongoDB aggregation pipeline's result up to date over a change-event file
     View(changeflow::jobs::pipeline_view::Args),
+    /// Capture a live change stream to Extended JSON lines that replay identically (needs
+    /// `--features live`)
+    Record {
+        /// MongoDB connection string (a replica set or mongos)
+        #[arg(long)]
+        uri: String,
+        /// Database to watch (default: the whole deployment)
+        #[arg(long)]
+        db: Option<String>,
+        /// Collection to watch (needs --db)
+        #[arg(long, requires = "db")]
+        coll: Option<String>,
+        /// Output file (canonical Extended JSON lines)
+        #[arg(long)]
+        out: PathBuf,
+        /// Stop after this many events (default: until Ctrl-C, an invalidate or --idle-timeout)
+        #[arg(long)]
+        max_events: Option<u64>,
+        /// Stop after this many seconds without an event
+        #[arg(long)]
+        idle_timeout: Option<f64>,
+    },
     /// Write a seeded, realistic change stream of the `shop.orders` collection
     Generate {
         /// Number of change events
@@ -54,6 +78,14 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::OrdersByRegion(args) => changeflow::jobs::orders_by_region::main_with(args),
         Command::View(args) => changeflow::jobs::pipeline_view::main_with(args),
+        Command::Record {
+            uri,
+            db,
+            coll,
+            out,
+            max_events,
+            idle_timeout,
+        } => record(uri, db, coll, out, max_events, idle_timeout),
         Command::Generate {
             events,
             seed,
@@ -89,6 +121,53 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `changeflow record`: follows the stream, printing events, events/s and lag on one line.
+fn record(
+    uri: String,
+    db: Option<String>,
+    coll: Option<String>,
+    out: PathBuf,
+    max_events: Option<u64>,
+    idle_timeout: Option<f64>,
+) -> ExitCode {
+    let target = match (db, coll) {
+        (Some(db), Some(coll)) => WatchTarget::collection(&db, &coll),
+        (Some(db), None) => WatchTarget::Database(db),
+        _ => WatchTarget::Deployment,
+    };
+    let mut options = LiveOptions::new(&uri, target);
+    options.max_events = max_events;
+    options.idle_timeout = idle_timeout.map(std::time::Duration::from_secs_f64);
+    let show = |p: &RecordProgress| {
+        let lag = p
+            .lag
+            .map_or("?".to_string(), |l| format!("{:.1} s", l.as_secs_f64()));
+        eprint!(
+            "\r{} events, {:.0} events/s, lag {lag}        ",
+            p.events,
+            p.events_per_second()
+        );
+    };
+    eprintln!("recording {} to {}", options.describe(), out.display());
+    match changeflow::sources::live::record::record(&options, &out, show) {
+        Ok(progress) => {
+            eprintln!();
+            println!(
+                "wrote {} events to {} in {:.1} s",
+                progress.events,
+                out.display(),
+                progress.elapsed.as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!();
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,13 +1,16 @@
-//! The orders job: two group-by views over `shop.orders`, from a file of change events.
+//! The orders job: two group-by views over `shop.orders`, from a file of change events or a
+//! live change stream.
 //!
 //! ```text
-//!   replay(file) ──▶ document_state ──┬──▶ V1: per region: orders = count, amount = sum(amount)
+//!   replay(file) or live::watch(uri) ──▶ document_state ──┬──▶ V1: per region: orders = count, amount = sum(amount)
 //!                                     └──▶ V2: per customer_id: orders = count
 //!   V1, V2 ──▶ ViewHandle ──▶ table on stdout, v1.parquet, v2.parquet (and an optional changelog)
 //! ```
 //!
 //! Update events may lack `fullDocument`: document state applies their `updateDescription`, so
-//! the views are exact either way.
+//! the views are exact either way. A live stream started "now" knows only the documents it sees
+//! inserted (or replaced, or updated with `fullDocument`); updates of older documents count as
+//! unapplied until a consistent-start snapshot exists.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,7 @@ use changeflow_sinks::parquet::write_parquet;
 use changeflow_sinks::{SinkError, table};
 use changeflow_sources::SourceError;
 use changeflow_sources::commit_time::GroupingCounts;
+use changeflow_sources::live::{self, LiveOptions, WatchTarget};
 use changeflow_sources::reader::{BadInputPolicy, ReaderOptions};
 use changeflow_sources::replay::{ReplayOptions, replay};
 
@@ -46,6 +50,8 @@ pub struct OrdersOptions {
     pub idle_timeout: Option<Duration>,
     /// Also write V1's changes as JSON lines to this file.
     pub changelog: Option<PathBuf>,
+    /// Read a live change stream instead of `input` (needs the `live` feature).
+    pub live: Option<LiveOptions>,
 }
 
 impl OrdersOptions {
@@ -59,7 +65,16 @@ impl OrdersOptions {
             follow: false,
             idle_timeout: None,
             changelog: None,
+            live: None,
         }
+    }
+
+    /// Follows the change stream in `live` instead of a file.
+    pub fn live(live: LiveOptions, out: impl AsRef<Path>) -> Self {
+        let mut options = OrdersOptions::new("", out);
+        options.input = PathBuf::from(live.describe());
+        options.live = Some(live);
+        options
     }
 }
 
@@ -131,7 +146,11 @@ pub fn run(options: &OrdersOptions) -> Result<OrdersReport, JobError> {
     }
     let mut replay_options = ReplayOptions::new(reader);
     replay_options.idle_timeout = options.idle_timeout;
-    let status = replay_options.status();
+    let live_options = options.live.clone();
+    let status = match &live_options {
+        Some(live) => live.status(),
+        None => replay_options.status(),
+    };
     let doc_stats = DocumentStats::new();
     let (v1, v2) = (v1_definition(), v2_definition());
     let (v1_handle, v2_handle) = (ViewHandle::<Row>::new(), ViewHandle::<Row>::new());
@@ -162,7 +181,10 @@ pub fn run(options: &OrdersOptions) -> Result<OrdersReport, JobError> {
         );
         move |worker: &mut timely::worker::Worker| {
             let probe = worker.dataflow::<ClusterTime, _, _>(|scope| {
-                let events = replay(scope, replay_options.clone());
+                let events = match &live_options {
+                    Some(live) => live::watch(scope, live.clone()),
+                    None => replay(scope, replay_options.clone()),
+                };
                 let documents = document_state(events, doc_stats.clone());
                 let view1 = v1.build(documents.clone());
                 let view2 = v2.build(documents);
@@ -290,18 +312,59 @@ pub struct Args {
     /// Keep reading as the input file grows
     #[arg(long)]
     pub follow: bool,
-    /// With --follow: stop after this many seconds without new events
+    /// With --follow or --uri: stop after this many seconds without new events
     #[arg(long)]
     pub idle_timeout: Option<f64>,
     /// Also write V1's changes as JSON lines (with _time and _diff) to this file
     #[arg(long)]
     pub changelog: Option<PathBuf>,
+    /// Follow a live change stream at this MongoDB URI (a replica set) instead of a file; needs
+    /// `--features live`
+    #[arg(long)]
+    pub uri: Option<String>,
+    /// With --uri: the database to watch
+    #[arg(long, default_value = "shop")]
+    pub db: String,
+    /// With --uri: the collection to watch
+    #[arg(long, default_value = "orders")]
+    pub coll: String,
+    /// With --uri: stop after this many events (default: run until Ctrl-C or an invalidate)
+    #[arg(long)]
+    pub max_events: Option<u64>,
+}
+
+/// The live options the `--uri` arguments ask for, or an error message if this build has no live
+/// source.
+pub fn live_options(args: &Args) -> Result<Option<LiveOptions>, String> {
+    let Some(uri) = &args.uri else {
+        return Ok(None);
+    };
+    if !live::AVAILABLE {
+        return Err(
+            "--uri needs the live MongoDB source, which this build does not have: add `--features live`, e.g. `cargo run --release --features live --example orders_by_region -- --uri mongodb://…`"
+                .into(),
+        );
+    }
+    let mut live = LiveOptions::new(uri, WatchTarget::collection(&args.db, &args.coll));
+    live.idle_timeout = args.idle_timeout.map(Duration::from_secs_f64);
+    live.max_events = args.max_events;
+    Ok(Some(live))
 }
 
 /// Runs the job from command-line arguments, printing V1 and a summary; the exit code is 1 on
 /// failure, with the error on stderr.
 pub fn main_with(args: Args) -> std::process::ExitCode {
-    let input = args.input.unwrap_or_else(bundled_sample);
+    let live = match live_options(&args) {
+        Ok(live) => live,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let input = match &live {
+        Some(live) => PathBuf::from(live.describe()),
+        None => args.input.unwrap_or_else(bundled_sample),
+    };
     let out = args.out.unwrap_or_else(|| {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("target")
@@ -314,6 +377,7 @@ pub fn main_with(args: Args) -> std::process::ExitCode {
     options.follow = args.follow;
     options.idle_timeout = args.idle_timeout.map(Duration::from_secs_f64);
     options.changelog = args.changelog;
+    options.live = live;
     match run(&options) {
         Ok(report) => {
             println!("V1: live orders per region ({})", input.display());

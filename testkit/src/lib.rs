@@ -10,6 +10,10 @@
 //! * The **reference model** ([`reference`](mod@reference)) applies change events one by one, in
 //!   stream order, to a plain map of documents, with the simplest possible code. Its final state,
 //!   and the batch views computed over it, are the expected answers for changeflow's pipelines.
+//! * The **change-stream server** ([`server`]) speaks MongoDB's wire protocol on `127.0.0.1:0`,
+//!   so the real `mongodb` driver can open, follow and resume change streams without a database:
+//!   an event log fed from the workload or from event builders, fail points, a recorder of the
+//!   commands received, and a Cosmos DB mode.
 //! * The **bank** workload ([`bank`]) moves money between accounts inside transactions (some
 //!   spanning several clusterTimes, some interleaved at one clusterTime as on a sharded
 //!   cluster), so the total of all balances is an invariant that a partial transaction breaks.
@@ -36,3 +40,4 @@ pub mod extjson;
 pub mod orders;
 pub mod reference;
 pub mod rng;
+pub mod server;
