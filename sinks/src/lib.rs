@@ -27,4 +27,10 @@ pub enum SinkError {
     /// Rows did not fit the schema.
     #[error("cannot build a record batch: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+    /// A declared schema or column cannot be mapped.
+    #[error("invalid schema: {0}")]
+    Schema(String),
+    /// An option this build cannot honour (e.g. a compression codec not compiled in).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
 }
