@@ -2,3 +2,4 @@
 //! wrapper around one of these, so tests and benchmarks run exactly what users run.
 
 pub mod orders_by_region;
+pub mod orders_to_parquet;
