@@ -47,7 +47,7 @@ def norm(v):
 
 def ext_name(field):
     t = field.type
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         return t.extension_name
     meta = field.metadata or {}
     name = meta.get(b"ARROW:extension:name")
