@@ -48,6 +48,9 @@ pub struct ParquetJobOptions {
     pub roll_rows: u64,
     /// Parquet compression.
     pub compression: ParquetCompression,
+    /// Events the replay source reads per step (`None`: its default); smaller steps close times,
+    /// and so commit files, more often.
+    pub batch: Option<usize>,
 }
 
 impl ParquetJobOptions {
@@ -59,6 +62,7 @@ impl ParquetJobOptions {
             workers: 1,
             roll_rows: 2000,
             compression: ParquetCompression::Snappy,
+            batch: None,
         }
     }
 
@@ -101,7 +105,10 @@ pub fn run(options: &ParquetJobOptions) -> Result<ParquetJobReport, JobError> {
     let parquet = options.parquet();
     // Fails early on a compression this build does not have.
     ParquetWriter::new(&options.out, "check", parquet)?;
-    let replay_options = ReplayOptions::new(ReaderOptions::new(&options.input));
+    let mut replay_options = ReplayOptions::new(ReaderOptions::new(&options.input));
+    if let Some(batch) = options.batch {
+        replay_options.batch = batch.max(1);
+    }
     let status = replay_options.status();
     let v1 = v1_definition();
     let (v1_sink, orders_sink) = (ArrowSink::new(), ArrowSink::new());

@@ -297,7 +297,7 @@ const DUCKDB_TYPES: &[(&str, &str)] = &[
     ("minmax", "TINYINT"),
 ];
 
-fn lines() -> Vec<String> {
+fn type_lines() -> Vec<String> {
     (0..3)
         .map(|row| {
             let mut fields = vec![format!(r#""_id":{{"$numberInt":"{row}"}}"#)];
@@ -489,7 +489,7 @@ fn write_all(writer: &mut dyn BatchWriter, docs: &[Vec<u8>], source: SchemaSourc
 #[test]
 fn every_bson_type_round_trips_through_pyarrow_and_duckdb() {
     let dir = scratch("every-type");
-    let lines = lines();
+    let lines = type_lines();
     let docs: Vec<Vec<u8>> = lines.iter().map(|l| bson_of(l)).collect();
     let inputs: Vec<Json> = lines
         .iter()
@@ -552,4 +552,431 @@ fn every_bson_type_round_trips_through_pyarrow_and_duckdb() {
             assert_eq!(pyarrow["metadata"][0]["changeflow.complete"], "true");
         }
     }
+}
+
+/// A stream of documents whose shape changes: a field appears, an int32 field widens to int64,
+/// then to double, a nested field appears, a field turns into a string (a conflict), a field
+/// disappears, a Decimal128 field appears. Returns the documents as canonical Extended JSON.
+fn shifting_lines() -> Vec<String> {
+    (0..300)
+        .map(|i| {
+            let mut fields = vec![format!(r#""_id":{{"$numberInt":"{i}"}}"#)];
+            let a = match i {
+                0..=49 => format!(r#"{{"$numberInt":"{i}"}}"#),
+                50..=99 => format!(r#"{{"$numberLong":"{}"}}"#, (i as i64) << 33),
+                100..=149 => format!(r#"{{"$numberDouble":"{}.5"}}"#, i),
+                _ if i % 7 == 0 => format!(r#""a-{i}""#),
+                _ => format!(r#"{{"$numberInt":"{}"}}"#, -i),
+            };
+            fields.push(format!(r#""a":{a}"#));
+            if i < 200 {
+                fields.push(format!(r#""b":"b{i}""#));
+            }
+            if i >= 40 {
+                fields.push(format!(
+                    r#""c":{{"n":{{"$numberInt":"{i}"}},"tags":["t{}"{}]}}"#,
+                    i % 3,
+                    if i >= 120 {
+                        format!(r#","extra-{i}""#)
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+            if i >= 180 {
+                fields.push(format!(
+                    r#""d":{{"$numberDecimal":"{}.{:02}"}}"#,
+                    i,
+                    i % 100
+                ));
+            }
+            format!("{{{}}}", fields.join(","))
+        })
+        .collect()
+}
+
+#[test]
+fn documents_that_change_shape_midway_lose_no_values() {
+    let dir = scratch("shape");
+    let lines = shifting_lines();
+    let inputs: Vec<Json> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let source = || SchemaSource::Inferred {
+        sample: 20,
+        widen: true,
+    };
+    let mut parquet = ParquetWriter::new(
+        &dir,
+        "shape",
+        ParquetOptions {
+            roll: RollPolicy::rows(70),
+            ..ParquetOptions::default()
+        },
+    )
+    .unwrap();
+    let mut ipc = IpcWriter::new(&dir, "shape", IpcFormat::File, RollPolicy::rows(70));
+    let mut batcher = DocumentBatcher::new(source());
+    let mut ipc_batcher = DocumentBatcher::new(source());
+    // 25 documents per closed time, a commit after each.
+    for (t, chunk) in lines.chunks(25).enumerate() {
+        for line in chunk {
+            batcher.push(&bson_of(line));
+            ipc_batcher.push(&bson_of(line));
+        }
+        for batch in batcher.finish().unwrap() {
+            parquet.write(&batch).unwrap();
+        }
+        for batch in ipc_batcher.finish().unwrap() {
+            ipc.write(&batch).unwrap();
+        }
+        let frontier = Some(changeflow::core::ClusterTime::new(t as u32 + 1, 0));
+        parquet.commit(frontier).unwrap();
+        ipc.commit(frontier).unwrap();
+    }
+    parquet.commit(None).unwrap();
+    ipc.commit(None).unwrap();
+    let stats = batcher.stats();
+    assert!(stats.schema_changes >= 3, "the schema widened: {stats:?}");
+    let conflicts = lines.iter().filter(|l| l.contains(r#""a":"a-"#)).count();
+    assert_eq!(
+        stats.fallback_values as usize, conflicts,
+        "only the string `a`s fall back"
+    );
+    assert_eq!(stats.rows as usize, lines.len());
+
+    for (format, files) in [("parquet", parquet.files()), ("ipc_file", ipc.files())] {
+        assert!(
+            files.len() >= 4,
+            "{format}: files rolled and series started: {files:?}"
+        );
+        let Some(read) = read_with_python(format, &files, Some("SELECT * FROM t ORDER BY _id"))
+        else {
+            return;
+        };
+        let rows = read["pyarrow"]["rows"].as_array().expect("rows");
+        let fallbacks = assert_rows_hold(&format!("pyarrow {format}"), rows, &inputs);
+        assert_eq!(fallbacks, conflicts, "{format}: pyarrow sees the fallbacks");
+        let duck = read["duckdb"]["rows"].as_array().expect("rows");
+        assert_eq!(
+            assert_rows_hold(&format!("duckdb {format}"), duck, &inputs),
+            conflicts
+        );
+        let series: Vec<u64> = read["pyarrow"]["metadata"]
+            .as_array()
+            .expect("metadata")
+            .iter()
+            .map(|m| {
+                m["changeflow.series"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .expect("series")
+            })
+            .collect();
+        assert!(
+            series.windows(2).all(|w| w[0] <= w[1]),
+            "{format}: series {series:?}"
+        );
+        assert_eq!(
+            series.last().copied(),
+            Some(stats.schema_changes),
+            "{format}: series"
+        );
+    }
+}
+
+/// V1 rows from a reader's `region, orders, amount, n` rows (n = the summed `_diff`).
+fn summed_v1(reader: &str, rows: &[Json]) -> std::collections::BTreeMap<String, (i64, f64)> {
+    let mut out = std::collections::BTreeMap::new();
+    for row in rows {
+        assert_eq!(row["n"], 1, "{reader}: each live V1 row once: {row}");
+        let region = row["region"].as_str().expect("region").to_string();
+        let orders = row["orders"].as_i64().expect("orders");
+        let amount = row["amount"].as_f64().expect("amount");
+        assert!(
+            out.insert(region, (orders, amount)).is_none(),
+            "{reader}: one row per region"
+        );
+    }
+    out
+}
+
+/// Sums `_diff` per V1 row over pyarrow's rows.
+fn replay_v1(rows: &[Json]) -> Vec<Json> {
+    let mut sums: std::collections::BTreeMap<String, (Json, i64)> = Default::default();
+    for row in rows {
+        let key = format!("{}|{}|{}", row["region"], row["orders"], row["amount"]);
+        let entry = sums.entry(key).or_insert((row.clone(), 0));
+        entry.1 += row["_diff"].as_i64().expect("_diff");
+    }
+    sums.into_values()
+        .filter(|(_, n)| *n != 0)
+        .map(|(mut row, n)| {
+            row["n"] = json!(n);
+            row
+        })
+        .collect()
+}
+
+const REPLAY_SQL: &str =
+    "SELECT region, orders, amount, sum(_diff) AS n FROM t GROUP BY ALL HAVING sum(_diff) <> 0";
+
+#[test]
+fn parquet_changelogs_replay_to_the_final_view_and_collection() {
+    use changeflow::jobs::orders_to_parquet::{ParquetJobOptions, run};
+    use changeflow::operators::value::Value;
+    use changeflow_testkit::orders::OrdersConfig;
+
+    let dir = scratch("changelog-parquet");
+    let lines = lines(OrdersConfig {
+        seed: 51,
+        events: 4000,
+        txn_fraction: 0.3,
+        full_document_on_update: 0.3,
+        ..OrdersConfig::default()
+    });
+    let input = dir.join("events.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let mut options = ParquetJobOptions::new(&input, dir.join("out"));
+    options.roll_rows = 700;
+    options.batch = Some(256);
+    let report = run(&options).expect("job runs");
+    assert!(
+        report.v1_changelog_files.len() >= 3,
+        "{:?}",
+        report.v1_changelog_files
+    );
+    assert!(report.orders_changelog_files.len() >= 3);
+    assert!(report.orders_files.len() >= 2);
+
+    let (oracle_v1, _) = oracle(&lines);
+    let snapshot: std::collections::BTreeMap<String, (i64, f64)> = report
+        .v1
+        .iter()
+        .map(|(row, n)| {
+            assert_eq!(*n, 1);
+            match row.as_slice() {
+                [Value::String(r), Value::Int(o), Value::Double(a)] => (r.to_string(), (*o, a.0)),
+                other => panic!("V1 row {other:?}"),
+            }
+        })
+        .collect();
+    assert_v1_eq(&snapshot, &oracle_v1);
+
+    let Some(read) = read_with_python("parquet", &report.v1_changelog_files, Some(REPLAY_SQL))
+    else {
+        return;
+    };
+    let duck = summed_v1("duckdb", read["duckdb"]["rows"].as_array().expect("rows"));
+    assert_v1_eq(&duck, &snapshot); // DuckDB: summing _diff gives the final V1
+    let py = summed_v1(
+        "pyarrow",
+        &replay_v1(read["pyarrow"]["rows"].as_array().unwrap()),
+    );
+    assert_v1_eq(&py, &snapshot); // pyarrow: the same
+    // Every file but the last is complete up to a frontier, and frontiers increase.
+    let metadata = read["pyarrow"]["metadata"].as_array().unwrap();
+    let frontiers: Vec<u64> = metadata[..metadata.len() - 1]
+        .iter()
+        .map(|m| {
+            m["changeflow.frontier"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("frontier")
+        })
+        .collect();
+    assert!(frontiers.windows(2).all(|w| w[0] < w[1]), "{frontiers:?}");
+    assert_eq!(metadata.last().unwrap()["changeflow.complete"], "true");
+    // Retractions come before insertions within a time, and times never go back.
+    let rows = read["pyarrow"]["rows"].as_array().unwrap();
+    for pair in rows.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let (ta, tb) = (a["_time"].as_u64().unwrap(), b["_time"].as_u64().unwrap());
+        assert!(ta <= tb, "times in order");
+        if ta == tb {
+            assert!(
+                a["_diff"].as_i64() <= Some(0) || b["_diff"].as_i64() > Some(0),
+                "retractions first at {ta}"
+            );
+        }
+    }
+
+    // The collection: its changelog replayed and its snapshot files hold the model's documents.
+    let mut model = changeflow_testkit::reference::ReferenceModel::new();
+    for line in &lines {
+        model.apply_json_line(line).unwrap();
+    }
+    type Live = std::collections::BTreeMap<String, (Option<String>, Option<String>)>;
+    let expected: Live = model
+        .documents()
+        .iter()
+        .filter(|((ns, _), _)| ns == "shop.orders")
+        .map(|(_, doc)| {
+            let id = doc.get_object_id("_id").expect("ObjectId _id").to_hex();
+            let region = doc.get_str("region").ok().map(String::from);
+            let status = doc.get_str("status").ok().map(String::from);
+            (id, (region, status))
+        })
+        .collect();
+    assert_eq!(report.live_orders, expected.len());
+    let live_sql = "SELECT _id, arg_max_null(region, _time) FILTER (WHERE _diff > 0) AS region, \
+                    arg_max_null(status, _time) FILTER (WHERE _diff > 0) AS status, sum(_diff) AS n \
+                    FROM t GROUP BY _id HAVING sum(_diff) <> 0";
+    let read = read_with_python("parquet", &report.orders_changelog_files, Some(live_sql))
+        .expect("readers present");
+    let from_changelog: Live = read["duckdb"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["n"], 1);
+            let id = r["_id"]["hex"].as_str().unwrap().to_string();
+            (
+                id,
+                (
+                    r["region"].as_str().map(String::from),
+                    r["status"].as_str().map(String::from),
+                ),
+            )
+        })
+        .collect();
+    assert_same_live("orders changelog replayed", &from_changelog, &expected);
+    let read = read_with_python("parquet", &report.orders_files, None).expect("readers present");
+    for reader in ["pyarrow", "duckdb"] {
+        let live: Live = read[reader]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let id = r["_id"]["hex"].as_str().unwrap().to_string();
+                (
+                    id,
+                    (
+                        r["region"].as_str().map(String::from),
+                        r["status"].as_str().map(String::from),
+                    ),
+                )
+            })
+            .collect();
+        assert_same_live(&format!("{reader}: live orders files"), &live, &expected);
+    }
+}
+
+#[test]
+fn ipc_changelogs_replay_to_the_final_view() {
+    use changeflow::core::ClusterTime;
+    use changeflow::jobs::orders_by_region::v1_definition;
+    use changeflow::operators::documents::{DocumentStats, document_state};
+    use changeflow::operators::handle::ViewHandle;
+    use changeflow::operators::value::Value;
+    use changeflow::operators::views::Row;
+    use changeflow::sinks::dataflow::ArrowSink;
+    use changeflow::sources::reader::ReaderOptions;
+    use changeflow::sources::replay::{ReplayOptions, replay};
+    use changeflow_testkit::orders::OrdersConfig;
+
+    let dir = scratch("changelog-ipc");
+    let lines = lines(OrdersConfig {
+        seed: 52,
+        events: 3000,
+        ..OrdersConfig::default()
+    });
+    let input = dir.join("events.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let mut replay_options = ReplayOptions::new(ReaderOptions::new(&input));
+    replay_options.batch = 128;
+    let status = replay_options.status();
+    let (files_sink, stream_sink) = (ArrowSink::new(), ArrowSink::new());
+    let handle: ViewHandle<Row> = ViewHandle::new();
+    let piped = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let job = {
+        let (files_sink, stream_sink, handle, piped, dir) = (
+            files_sink.clone(),
+            stream_sink.clone(),
+            handle.clone(),
+            piped.clone(),
+            dir.clone(),
+        );
+        move |worker: &mut timely::worker::Worker| {
+            let probe = worker.dataflow::<ClusterTime, _, _>(|scope| {
+                let documents =
+                    document_state(replay(scope, replay_options.clone()), DocumentStats::new());
+                let v1 = v1_definition();
+                let view = v1.build(documents);
+                let writer = IpcWriter::new(&dir, "v1", IpcFormat::File, RollPolicy::rows(300));
+                files_sink.attach_view(view.clone(), &v1.columns(), writer);
+                let stream = IpcStreamWriter::new(Shared(piped.clone()));
+                stream_sink.attach_view(view.clone(), &v1.columns(), stream);
+                handle.attach(view.clone());
+                view.probe().0
+            });
+            changeflow::runtime::drive(worker, &probe, std::slice::from_ref(&status))
+        }
+    };
+    changeflow::runtime::execute(2, job).expect("dataflow");
+    files_sink.result().expect("IPC files written");
+    stream_sink.result().expect("IPC stream written");
+    assert_eq!(
+        files_sink.frontier(),
+        Some(None),
+        "the sink saw the input end"
+    );
+    let files = files_sink.files();
+    assert!(files.len() >= 3, "{files:?}");
+    let snapshot: std::collections::BTreeMap<String, (i64, f64)> = handle
+        .snapshot()
+        .rows
+        .iter()
+        .map(|(row, _)| match row.as_slice() {
+            [Value::String(r), Value::Int(o), Value::Double(a)] => (r.to_string(), (*o, a.0)),
+            other => panic!("V1 row {other:?}"),
+        })
+        .collect();
+    assert_v1_eq(&snapshot, &oracle(&lines).0);
+    let piped_path = dir.join("piped.arrows");
+    std::fs::write(&piped_path, &*piped.lock().unwrap()).unwrap();
+    for (format, files) in [("ipc_file", files), ("ipc_stream", vec![piped_path])] {
+        let Some(read) = read_with_python(format, &files, Some(REPLAY_SQL)) else {
+            return;
+        };
+        let duck = summed_v1("duckdb", read["duckdb"]["rows"].as_array().unwrap());
+        assert_v1_eq(&duck, &snapshot);
+        let py = summed_v1(
+            "pyarrow",
+            &replay_v1(read["pyarrow"]["rows"].as_array().unwrap()),
+        );
+        assert_v1_eq(&py, &snapshot);
+    }
+}
+
+/// Asserts two maps are equal, naming the first few keys that differ.
+fn assert_same_live<V: PartialEq + std::fmt::Debug>(
+    what: &str,
+    actual: &std::collections::BTreeMap<String, V>,
+    expected: &std::collections::BTreeMap<String, V>,
+) {
+    let differing: Vec<_> = expected
+        .keys()
+        .chain(actual.keys())
+        .filter(|k| actual.get(*k) != expected.get(*k))
+        .take(5)
+        .map(|k| (k, actual.get(k), expected.get(k)))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "{what}: {} vs {} entries; first differences (key, read, expected): {differing:?}",
+        actual.len(),
+        expected.len()
+    );
 }
