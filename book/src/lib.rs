@@ -19,3 +19,5 @@ pub mod replay {}
 pub mod views {}
 #[doc = include_str!("output.md")]
 pub mod output {}
+#[doc = include_str!("arrow-output.md")]
+pub mod arrow_output {}
