@@ -33,10 +33,10 @@ fn flat(i: u64) -> Vec<u8> {
         "_id": bson::oid::ObjectId::from_bytes(oid),
         "customer_id": (i % 5000) as i32,
         "region": regions[(i % 5) as usize],
-        "status": if i % 3 == 0 { "paid" } else { "pending" },
+        "status": if i.is_multiple_of(3) { "paid" } else { "pending" },
         "amount": (i % 10_000) as f64 / 7.0,
         "qty": (i * 7919 % 100) as i64,
-        "paid": i % 2 == 0,
+        "paid": i.is_multiple_of(2),
         "ts": bson::DateTime::from_millis(1_700_000_000_000 + i as i64),
         "sku": format!("SKU-{:08}", i % 100_000),
         "note": format!("order {i} of customer {} shipped by carrier {:02} with standard handling, insured ......", i % 5000, i % 17),
@@ -69,7 +69,7 @@ fn nested(i: u64) -> Vec<u8> {
         .collect();
     let doc = bson::doc! {
         "_id": i as i64,
-        "customer": { "id": (i % 5000) as i32, "name": format!("customer {i}"), "vip": i % 9 == 0 },
+        "customer": { "id": (i % 5000) as i32, "name": format!("customer {i}"), "vip": i.is_multiple_of(9) },
         "items": items,
         "history": history,
         "total": i as f64 * 1.25,

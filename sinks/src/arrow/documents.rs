@@ -66,6 +66,9 @@ pub struct BatchStats {
     pub malformed: u64,
 }
 
+/// A row's `_time` and `_diff`.
+type Change = (ClusterTime, i64);
+
 /// Builds record batches of BSON documents (see the [module docs](self)).
 pub struct DocumentBatcher {
     source: SchemaSource,
@@ -75,7 +78,7 @@ pub struct DocumentBatcher {
     top: Option<DocBuilder>,
     fallback: StringBuilder,
     changes: Option<(UInt64Builder, Int64Builder)>,
-    sample: Vec<(Vec<u8>, Option<(ClusterTime, i64)>)>,
+    sample: Vec<(Vec<u8>, Option<Change>)>,
     done: Vec<RecordBatch>,
     stats: BatchStats,
     cx: Cx,
@@ -139,7 +142,7 @@ impl DocumentBatcher {
         self.push_row(doc, Some((time, diff)));
     }
 
-    fn push_row(&mut self, doc: &[u8], change: Option<(ClusterTime, i64)>) {
+    fn push_row(&mut self, doc: &[u8], change: Option<Change>) {
         if self.top.is_some() {
             return self.row(doc, change, true);
         }
@@ -172,7 +175,7 @@ impl DocumentBatcher {
         }
     }
 
-    fn row(&mut self, doc: &[u8], change: Option<(ClusterTime, i64)>, may_widen: bool) {
+    fn row(&mut self, doc: &[u8], change: Option<Change>, may_widen: bool) {
         let Some(top) = self.top.as_mut() else { return };
         let cx = &mut self.cx;
         cx.start_row();
