@@ -12,7 +12,8 @@
 //! Converting:
 //!
 //! * [`arrow`]: BSON documents and view rows as Arrow record batches. [`arrow::mapping`] is the
-//!   type table (every BSON type, nothing lost: what does not fit goes to `_fallback`),
+//!   type table (every BSON type, nothing lost: what does not fit goes to `_fallback`, or with
+//!   [`arrow::schema::FallbackMode::DenseUnion`] mixed types make dense unions),
 //!   [`arrow::schema`] declared and inferred schemas, [`arrow::documents`] the document batcher,
 //!   [`arrow::changelog_batches`] the `_time` / `_diff` columns.
 //!

@@ -27,7 +27,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow_array::RecordBatch;
-use arrow_schema::SchemaRef;
+use arrow_schema::{DataType, SchemaRef};
 use changeflow_core::ClusterTime;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -147,6 +147,14 @@ impl FileFormat for ParquetFormat {
     }
 
     fn open(&self, file: File, schema: &SchemaRef) -> Result<Self::Open, String> {
+        // The parquet crate panics on unions (ARROW-8817): refuse them first.
+        if let Some(field) = schema.fields().iter().find(|f| has_union(f.data_type())) {
+            return Err(format!(
+                "column {} is a dense union, which Parquet cannot store: write it as Arrow IPC, \
+                 or convert with FallbackMode::ExtJson",
+                field.name()
+            ));
+        }
         ArrowWriter::try_new(file, schema.clone(), Some(self.props.clone()))
             .map_err(|e| e.to_string())
     }
@@ -164,6 +172,15 @@ impl FileFormat for ParquetFormat {
             open.append_key_value_metadata(KeyValue::new(key, value));
         }
         open.into_inner().map_err(|e| e.to_string())
+    }
+}
+
+fn has_union(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Union(..) => true,
+        DataType::Struct(fields) => fields.iter().any(|f| has_union(f.data_type())),
+        DataType::List(item) => has_union(item.data_type()),
+        _ => false,
     }
 }
 
@@ -228,6 +245,29 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("not compiled"), "{err}");
+    }
+
+    #[test]
+    fn dense_unions_are_refused_with_a_clear_error() {
+        use crate::arrow::documents::DocumentBatcher;
+        use crate::arrow::schema::{FallbackMode, SchemaSource};
+        let mut batcher =
+            DocumentBatcher::new(SchemaSource::inferred()).with_fallback(FallbackMode::DenseUnion);
+        batcher.push(bson::rawdoc! { "v": { "a": [1, "x"] } }.as_bytes());
+        let batch = batcher.finish().unwrap().remove(0);
+        let dir = std::env::temp_dir().join(format!("cf-parquet-union-{}", std::process::id()));
+        let mut writer = ParquetWriter::new(&dir, "u", ParquetOptions::default()).unwrap();
+        let err = writer.write(&batch).err().unwrap();
+        assert!(
+            err.to_string().contains("column v is a dense union"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "no file left behind"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -554,6 +554,59 @@ fn every_bson_type_round_trips_through_pyarrow_and_duckdb() {
     }
 }
 
+#[test]
+fn mixed_types_as_dense_unions_read_by_pyarrow() {
+    use changeflow::sinks::arrow::schema::FallbackMode;
+    let dir = scratch("unions");
+    let lines = type_lines();
+    let inputs: Vec<Json> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut batcher = DocumentBatcher::new(SchemaSource::Inferred {
+        sample: 10,
+        widen: true,
+    })
+    .with_fallback(FallbackMode::DenseUnion);
+    for line in &lines {
+        batcher.push(&bson_of(line));
+    }
+    let batches = batcher.finish().unwrap();
+    assert_eq!(
+        batcher.stats().fallback_values,
+        0,
+        "the string in `mixed` is a union member"
+    );
+    let mut file = IpcWriter::new(&dir, "unions", IpcFormat::File, RollPolicy::never());
+    let mut piped = Vec::new();
+    let mut stream = IpcStreamWriter::new(&mut piped);
+    for batch in &batches {
+        file.write(batch).unwrap();
+        stream.write(batch).unwrap();
+    }
+    file.commit(None).unwrap();
+    stream.commit(None).unwrap();
+    drop(stream);
+    let piped_path = dir.join("piped.arrows");
+    std::fs::write(&piped_path, &piped).unwrap();
+    for (format, files) in [("ipc_file", file.files()), ("ipc_stream", vec![piped_path])] {
+        let Some(read) = read_with_pyarrow(format, &files) else {
+            return;
+        };
+        let fields = read["pyarrow"]["fields"][0].as_array().unwrap();
+        let mixed = fields.iter().find(|f| f["name"] == "mixed").unwrap();
+        assert_eq!(
+            mixed["type"],
+            "dense_union<double: double=0, string: string=1>"
+        );
+        let rows = read["pyarrow"]["rows"].as_array().unwrap();
+        assert_eq!(
+            assert_rows_hold(&format!("pyarrow {format}"), rows, &inputs),
+            0
+        );
+    }
+}
+
 /// A stream of documents whose shape changes: a field appears, an int32 field widens to int64,
 /// then to double, a nested field appears, a field turns into a string (a conflict), a field
 /// disappears, a Decimal128 field appears. Returns the documents as canonical Extended JSON.

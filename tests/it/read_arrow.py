@@ -1,11 +1,11 @@
 """Reads changeflow's Arrow IPC / Parquet output with pyarrow and DuckDB (independent readers).
 
-Usage: python3 read_arrow.py FORMAT PATH... [--sql QUERY]
+Usage: python3 read_arrow.py FORMAT PATH... [--sql QUERY] [--no-duckdb]
 FORMAT is parquet, ipc_file or ipc_stream. Prints one JSON object:
   {"pyarrow": {"fields": [...], "rows": [...], "metadata": [...]}, "duckdb": {"types": {...}, "rows": [...]}}
 with values normalised to JSON: bytes and UUIDs as {"hex"}, decimals as {"decimal": str},
 timestamps as {"ms": epoch milliseconds}. With --sql, DuckDB runs QUERY over a view `t` of all
-files instead of SELECT *.
+files instead of SELECT *. --no-duckdb skips DuckDB (it cannot import dense unions).
 """
 import datetime
 import decimal
@@ -87,6 +87,8 @@ def main():
         i = args.index("--sql")
         sql = args[i + 1]
         args = args[:i] + args[i + 2:]
+    duck = "--no-duckdb" not in args
+    args = [a for a in args if a != "--no-duckdb"]
     fmt, paths = args[0], args[1:]
     out = {"pyarrow": {"fields": [], "rows": [], "metadata": []}, "duckdb": {"types": {}, "rows": []}}
     tables = []
@@ -97,6 +99,9 @@ def main():
             out["pyarrow"]["fields"].append(fields_of(t.schema))
             out["pyarrow"]["rows"].extend(norm(t.to_pylist()))
             tables.append(t)
+    if not duck:
+        print(json.dumps(out))
+        return
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     if fmt == "parquet":

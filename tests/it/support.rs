@@ -142,6 +142,20 @@ pub fn read_with_python(
     paths: &[PathBuf],
     sql: Option<&str>,
 ) -> Option<serde_json::Value> {
+    read_with(format, paths, sql, true)
+}
+
+/// [`read_with_python`] with pyarrow alone (DuckDB cannot import dense unions).
+pub fn read_with_pyarrow(format: &str, paths: &[PathBuf]) -> Option<serde_json::Value> {
+    read_with(format, paths, None, false)
+}
+
+fn read_with(
+    format: &str,
+    paths: &[PathBuf],
+    sql: Option<&str>,
+    duckdb: bool,
+) -> Option<serde_json::Value> {
     let probe = std::process::Command::new("python3")
         .arg("-c")
         .arg("import pyarrow, duckdb")
@@ -162,6 +176,9 @@ pub fn read_with_python(
         .args(paths);
     if let Some(sql) = sql {
         command.arg("--sql").arg(sql);
+    }
+    if !duckdb {
+        command.arg("--no-duckdb");
     }
     let out = command.output().expect("python3 runs");
     assert!(

@@ -25,7 +25,7 @@ use arrow_array::builder::{
     Float64Builder, Int8Builder, Int32Builder, Int64Builder, StringBuilder,
     TimestampMillisecondBuilder, UInt8Builder, UInt32Builder,
 };
-use arrow_array::{ArrayRef, ListArray, NullArray, StructArray};
+use arrow_array::{ArrayRef, ListArray, NullArray, StructArray, UnionArray};
 use arrow_buffer::{NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::{ArrowError, DataType};
 use changeflow_core::raw::{self, DocWriter, Element, kind};
@@ -158,6 +158,7 @@ pub(crate) enum Builder {
     Int64(Int64Builder),
     Decimal(Decimal128Builder, u8, i8),
     MinMaxKey(Int8Builder),
+    Union(Box<UnionBuilder>),
 }
 
 impl Builder {
@@ -211,6 +212,11 @@ impl Builder {
                 Builder::Decimal(Decimal128Builder::new(), *precision, *scale)
             }
             ColumnType::MinMaxKey => Builder::MinMaxKey(Int8Builder::new()),
+            ColumnType::Union(members) => Builder::Union(Box::new(UnionBuilder {
+                type_ids: Vec::new(),
+                offsets: Vec::new(),
+                members: members.iter().map(Builder::new).collect(),
+            })),
         }
     }
 
@@ -239,6 +245,7 @@ impl Builder {
             Builder::Int64(b) => b.len(),
             Builder::Decimal(b, _, _) => b.len(),
             Builder::MinMaxKey(b) => b.len(),
+            Builder::Union(u) => u.type_ids.len(),
         }
     }
 
@@ -286,6 +293,15 @@ impl Builder {
             Builder::Int64(b) => b.append_null(),
             Builder::Decimal(b, _, _) => b.append_null(),
             Builder::MinMaxKey(b) => b.append_null(),
+            Builder::Union(u) => {
+                // A dense union has no validity of its own: a null of its first member.
+                if let Some(first) = u.members.first_mut() {
+                    u.type_ids.push(0);
+                    u.offsets
+                        .push(i32::try_from(first.len()).unwrap_or(i32::MAX));
+                    first.append_null();
+                }
+            }
         }
     }
 
@@ -420,6 +436,17 @@ impl Builder {
             }
             (Builder::MinMaxKey(b), kind::MIN_KEY) => b.append_value(-1),
             (Builder::MinMaxKey(b), kind::MAX_KEY) => b.append_value(1),
+            (Builder::Union(u), _) => {
+                for (id, member) in u.members.iter_mut().enumerate() {
+                    let at = member.len();
+                    if member.try_append(e, path, cx) {
+                        u.type_ids.push(id as i8);
+                        u.offsets.push(i32::try_from(at).unwrap_or(i32::MAX));
+                        return true;
+                    }
+                }
+                return false;
+            }
             _ => return false,
         }
         true
@@ -485,6 +512,23 @@ impl Builder {
                 Arc::new(b.finish().with_precision_and_scale(*precision, *scale)?)
             }
             (Builder::MinMaxKey(b), _) => Arc::new(b.finish()),
+            (Builder::Union(u), ColumnType::Union(kinds)) => {
+                let DataType::Union(fields, _) = ty.data_type() else {
+                    return Err(ArrowError::SchemaError("not a union".into()));
+                };
+                let children = u
+                    .members
+                    .iter_mut()
+                    .zip(kinds)
+                    .map(|(b, kind)| b.finish(kind))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Arc::new(UnionArray::try_new(
+                    fields,
+                    ScalarBuffer::from(std::mem::take(&mut u.type_ids)),
+                    Some(ScalarBuffer::from(std::mem::take(&mut u.offsets))),
+                    children,
+                )?)
+            }
             (_, other) => {
                 return Err(ArrowError::SchemaError(format!(
                     "builder does not match column type {other:?}"
@@ -492,6 +536,13 @@ impl Builder {
             }
         })
     }
+}
+
+/// The builder of a dense union column: which member and where, per slot.
+pub(crate) struct UnionBuilder {
+    type_ids: Vec<i8>,
+    offsets: Vec<i32>,
+    members: Vec<Builder>,
 }
 
 /// The builder of an array column.

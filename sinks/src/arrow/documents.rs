@@ -46,9 +46,9 @@ use changeflow_operators::value::lookup;
 
 use super::builders::{Cx, DocBuilder, Path};
 use super::changelog_batches::{diff_field, fallback_field, time_field};
-use super::infer::{type_of_document, widen};
+use super::infer::{type_of_document_in, widen_in};
 use super::mapping::ColumnType;
-use super::schema::SchemaSource;
+use super::schema::{FallbackMode, SchemaSource};
 use crate::SinkError;
 
 /// What a [`DocumentBatcher`] did.
@@ -72,6 +72,7 @@ type Change = (ClusterTime, i64);
 /// Builds record batches of BSON documents (see the [module docs](self)).
 pub struct DocumentBatcher {
     source: SchemaSource,
+    unions: bool,
     columns: Vec<(String, ColumnType)>,
     /// Declared columns with a dotted path: (column index, path, dotted path).
     deep: Vec<(usize, Vec<String>, String)>,
@@ -89,6 +90,7 @@ impl DocumentBatcher {
     pub fn new(source: SchemaSource) -> DocumentBatcher {
         let mut batcher = DocumentBatcher {
             source,
+            unions: false,
             columns: Vec::new(),
             deep: Vec::new(),
             top: None,
@@ -132,6 +134,23 @@ impl DocumentBatcher {
         batcher
     }
 
+    /// Where values of conflicting types go (default [`FallbackMode::ExtJson`]).
+    ///
+    /// ```
+    /// use changeflow_sinks::arrow::documents::DocumentBatcher;
+    /// use changeflow_sinks::arrow::schema::{FallbackMode, SchemaSource};
+    /// let mut batcher = DocumentBatcher::new(SchemaSource::inferred()).with_fallback(FallbackMode::DenseUnion);
+    /// batcher.push(bson::rawdoc! { "v": 1 }.as_bytes());
+    /// batcher.push(bson::rawdoc! { "v": "one" }.as_bytes());
+    /// let batch = batcher.finish().unwrap().remove(0);
+    /// assert!(matches!(batch.schema().field(0).data_type(), arrow_schema::DataType::Union(..)));
+    /// assert_eq!(batcher.stats().fallback_values, 0);
+    /// ```
+    pub fn with_fallback(mut self, mode: FallbackMode) -> DocumentBatcher {
+        self.unions = mode == FallbackMode::DenseUnion;
+        self
+    }
+
     /// Adds the document `doc` (BSON bytes) as a row.
     pub fn push(&mut self, doc: &[u8]) {
         self.push_row(doc, None);
@@ -160,7 +179,7 @@ impl DocumentBatcher {
     fn fix_sampled_schema(&mut self) {
         let mut ty = ColumnType::Document(Vec::new());
         for (doc, _) in &self.sample {
-            ty = widen(&ty, &type_of_document(doc)).0;
+            ty = widen_in(&ty, &type_of_document_in(doc, self.unions), self.unions).0;
         }
         self.set_columns(ty);
         for (doc, change) in std::mem::take(&mut self.sample) {
@@ -196,7 +215,11 @@ impl DocumentBatcher {
         let widens = matches!(self.source, SchemaSource::Inferred { widen: true, .. });
         if cx.misses > 0 && may_widen && widens {
             let current = ColumnType::Document(self.columns.clone());
-            let (joined, _) = widen(&current, &type_of_document(doc));
+            let (joined, _) = widen_in(
+                &current,
+                &type_of_document_in(doc, self.unions),
+                self.unions,
+            );
             if joined != current {
                 // Cut the series before this document, then convert it with the wider schema.
                 self.fallback.append_null();
@@ -343,6 +366,47 @@ mod tests {
         assert_eq!(json["n.x"]["$numberInt"], "5");
         assert_eq!(b.stats().fallback_values, 2);
         assert_eq!(b.stats().fallback_rows, 1);
+    }
+
+    #[test]
+    fn dense_unions_hold_mixed_types_without_fallback() {
+        use arrow_array::UnionArray;
+        let mut b = DocumentBatcher::new(SchemaSource::Inferred {
+            sample: 3,
+            widen: true,
+        })
+        .with_fallback(FallbackMode::DenseUnion);
+        b.push(bson::rawdoc! { "v": 1, "w": [1, "x"] }.as_bytes());
+        b.push(bson::rawdoc! { "v": "two" }.as_bytes());
+        b.push(bson::rawdoc! { "v": 3.5 }.as_bytes());
+        b.push(bson::rawdoc! { "v": true }.as_bytes());
+        let batches = b.finish().unwrap();
+        assert_eq!(b.stats().fallback_values, 0);
+        assert_eq!(
+            b.stats().schema_changes,
+            1,
+            "bool joins the union in a new series"
+        );
+        let v = batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<UnionArray>()
+            .unwrap();
+        assert_eq!(v.type_ids(), &[0, 1, 0]);
+        let doubles = v
+            .child(0)
+            .as_any()
+            .downcast_ref::<arrow_array::Float64Array>()
+            .unwrap();
+        assert_eq!(doubles.value(v.value_offset(0)), 1.0);
+        assert_eq!(doubles.value(v.value_offset(2)), 3.5);
+        let w = batches[0]
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow_array::ListArray>()
+            .unwrap();
+        assert!(matches!(w.value_type(), arrow_schema::DataType::Union(..)));
+        assert_eq!(batches[1].num_rows(), 1);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! | `Document` | `Document` | fields merged in first-seen order, each widened |
 //! | `Array(a)` | `Array(b)` | `Array(widen(a, b))` |
 //! | `ExtJson` | any | `ExtJson` |
-//! | anything else | | **conflict**: the column keeps its type and the value goes to the row's fallback, counted |
+//! | anything else | | **conflict**: the column keeps its type and the value goes to the row's fallback, counted; with unions ([`widen_in`]), a dense `Union` of both |
 //!
 //! The rule is monotone: widening never narrows, so a stream settles on a schema.
 //!
@@ -41,14 +41,19 @@ use super::mapping::{ColumnType, DECIMAL_PRECISION, decimal_parts};
 
 /// The column type of one BSON element.
 pub fn type_of(e: &Element<'_>) -> ColumnType {
+    type_of_in(e, false)
+}
+
+/// The column type of one BSON element; with `unions`, mixed array elements make a union.
+pub fn type_of_in(e: &Element<'_>, unions: bool) -> ColumnType {
     match e.kind {
         kind::DOUBLE => ColumnType::Double,
         kind::STRING => ColumnType::String,
-        kind::DOCUMENT => type_of_document(e.value),
+        kind::DOCUMENT => type_of_document_in(e.value, unions),
         kind::ARRAY => {
             let mut element = ColumnType::Null;
             for item in raw::elements(e.value).map_while(Result::ok) {
-                element = widen(&element, &type_of(&item)).0;
+                element = widen_in(&element, &type_of_in(&item, unions), unions).0;
             }
             ColumnType::Array(Box::new(element))
         }
@@ -77,12 +82,17 @@ pub fn type_of(e: &Element<'_>) -> ColumnType {
 
 /// The column type of a whole document (a `Document` of its fields).
 pub fn type_of_document(doc: &[u8]) -> ColumnType {
+    type_of_document_in(doc, false)
+}
+
+/// [`type_of_document`], with `unions` as in [`widen_in`].
+pub fn type_of_document_in(doc: &[u8], unions: bool) -> ColumnType {
     let mut fields: Vec<(String, ColumnType)> = Vec::new();
     for e in raw::elements(doc).map_while(Result::ok) {
         let Some(key) = e.key_str() else { continue };
-        let ty = type_of(&e);
+        let ty = type_of_in(&e, unions);
         match fields.iter_mut().find(|(k, _)| k == key) {
-            Some((_, existing)) => *existing = widen(existing, &ty).0,
+            Some((_, existing)) => *existing = widen_in(existing, &ty, unions).0,
             None => fields.push((key.to_string(), ty)),
         }
     }
@@ -113,10 +123,37 @@ fn decimal_type(value: &[u8]) -> ColumnType {
 /// Joins two column types (see the [module docs](self)): the joined type, and whether they
 /// conflict (then the joined type is `a`).
 pub fn widen(a: &ColumnType, b: &ColumnType) -> (ColumnType, bool) {
+    widen_in(a, b, false)
+}
+
+/// [`widen`]; with `unions`, conflicting types join into a dense `Union` of both instead of a
+/// conflict (each member widened with the compatible types that join it).
+///
+/// ```
+/// use changeflow_sinks::arrow::infer::widen_in;
+/// use changeflow_sinks::arrow::mapping::ColumnType;
+/// let (u, conflict) = widen_in(&ColumnType::Int32, &ColumnType::String, true);
+/// assert!(!conflict);
+/// assert_eq!(u, ColumnType::Union(vec![ColumnType::Int32, ColumnType::String]));
+/// let (u, _) = widen_in(&u, &ColumnType::Double, true);
+/// assert_eq!(u, ColumnType::Union(vec![ColumnType::Double, ColumnType::String]));
+/// ```
+pub fn widen_in(a: &ColumnType, b: &ColumnType, unions: bool) -> (ColumnType, bool) {
     use ColumnType as T;
     let joined = match (a, b) {
         _ if a == b => a.clone(),
         (T::Null, other) | (other, T::Null) => other.clone(),
+        (T::Union(_), _) | (_, T::Union(_)) if unions => {
+            let mut joined = match a {
+                T::Union(members) => members.clone(),
+                single => vec![single.clone()],
+            };
+            match b {
+                T::Union(members) => members.iter().for_each(|m| join_member(&mut joined, m)),
+                single => join_member(&mut joined, single),
+            }
+            T::Union(joined)
+        }
         (T::ExtJson, _) => T::ExtJson,
         (T::Int32, T::Int64) | (T::Int64, T::Int32) => T::Int64,
         (T::Int32 | T::Int64, T::Double) | (T::Double, T::Int32 | T::Int64) => T::Double,
@@ -150,7 +187,7 @@ pub fn widen(a: &ColumnType, b: &ColumnType) -> (ColumnType, bool) {
             for (name, ty) in fb {
                 match fields.iter_mut().find(|(k, _)| k == name) {
                     Some((_, existing)) => {
-                        let (joined, c) = widen(existing, ty);
+                        let (joined, c) = widen_in(existing, ty, unions);
                         *existing = joined;
                         conflict |= c;
                     }
@@ -160,12 +197,29 @@ pub fn widen(a: &ColumnType, b: &ColumnType) -> (ColumnType, bool) {
             return (T::Document(fields), conflict);
         }
         (T::Array(ea), T::Array(eb)) => {
-            let (joined, conflict) = widen(ea, eb);
+            let (joined, conflict) = widen_in(ea, eb, unions);
             return (T::Array(Box::new(joined)), conflict);
         }
+        _ if unions => T::Union(vec![a.clone(), b.clone()]),
         _ => return (a.clone(), true),
     };
     (joined, false)
+}
+
+/// Adds `ty` to union members: widened into the first member it joins without conflict (the
+/// joined member then absorbs any other member it now joins), else appended.
+fn join_member(members: &mut Vec<ColumnType>, ty: &ColumnType) {
+    match members.iter().position(|m| !widen_in(m, ty, false).1) {
+        Some(i) => {
+            let mut joined = widen_in(&members[i], ty, true).0;
+            members.remove(i);
+            while let Some(j) = members.iter().position(|m| !widen_in(m, &joined, false).1) {
+                joined = widen_in(&members.remove(j), &joined, true).0;
+            }
+            members.insert(i.min(members.len()), joined);
+        }
+        None => members.push(ty.clone()),
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@
 //! | Decimal128 | `DecimalBytes` | `FixedSizeBinary(16)`, the IEEE 754-2008 BID bytes, little-endian | `changeflow.bson.decimal128` |
 //! | MinKey / MaxKey | `MinMaxKey` | `Int8`: -1 MinKey, +1 MaxKey | `changeflow.bson.minmaxkey` |
 //! | anything (declared catch-all) | `ExtJson` | `Utf8` (canonical Extended JSON) | `changeflow.bson.extjson` |
+//! | mixed types, with [`FallbackMode::DenseUnion`](crate::arrow::schema::FallbackMode) | `Union` | dense `Union` of the members' types | |
 //!
 //! Every column is nullable: a missing field and a BSON null are both an Arrow null. Extension
 //! names are field metadata (`ARROW:extension:name`); readers that do not know them see the
@@ -48,7 +49,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow_schema::{DataType, Field, Fields, TimeUnit};
+use arrow_schema::{DataType, Field, Fields, TimeUnit, UnionMode};
 
 /// The metadata key naming an Arrow extension type.
 pub const EXTENSION_NAME: &str = "ARROW:extension:name";
@@ -110,6 +111,9 @@ pub enum ColumnType {
     MinMaxKey,
     /// Any value, as canonical Extended JSON: `Utf8`.
     ExtJson,
+    /// Values of conflicting types ([`FallbackMode::DenseUnion`](crate::arrow::schema::FallbackMode)):
+    /// a dense `Union` with one member per type, named by [`ColumnType::name`].
+    Union(Vec<ColumnType>),
 }
 
 impl ColumnType {
@@ -143,6 +147,44 @@ impl ColumnType {
             ColumnType::Int64 => DataType::Int64,
             ColumnType::Decimal { precision, scale } => DataType::Decimal128(*precision, *scale),
             ColumnType::MinMaxKey => DataType::Int8,
+            ColumnType::Union(members) => DataType::Union(
+                members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ty)| (i as i8, Arc::new(ty.field(ty.name()))))
+                    .collect(),
+                UnionMode::Dense,
+            ),
+        }
+    }
+
+    /// A short name of the type (the member name in a union).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ColumnType::Null => "null",
+            ColumnType::Double => "double",
+            ColumnType::String => "string",
+            ColumnType::Document(_) => "document",
+            ColumnType::Array(_) => "array",
+            ColumnType::Binary => "binary",
+            ColumnType::Uuid => "uuid",
+            ColumnType::LegacyUuid => "legacy_uuid",
+            ColumnType::Undefined => "undefined",
+            ColumnType::ObjectId => "objectid",
+            ColumnType::Bool => "bool",
+            ColumnType::DateTime => "date",
+            ColumnType::Regex => "regex",
+            ColumnType::DbPointer => "dbpointer",
+            ColumnType::JavaScript => "javascript",
+            ColumnType::Symbol => "symbol",
+            ColumnType::Int32 => "int32",
+            ColumnType::Timestamp => "timestamp",
+            ColumnType::Int64 => "int64",
+            ColumnType::Decimal { .. } => "decimal",
+            ColumnType::DecimalBytes => "decimal128",
+            ColumnType::MinMaxKey => "minmaxkey",
+            ColumnType::ExtJson => "extjson",
+            ColumnType::Union(_) => "union",
         }
     }
 

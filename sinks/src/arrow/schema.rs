@@ -4,6 +4,8 @@
 //!   and its type ([`ColumnType`], or an Arrow [`DataType`] through [`DeclaredColumn::arrow`]).
 //!   Fields not declared are not output (a projection); a declared column's value of another type
 //!   goes to the row's fallback. The schema never changes.
+//! * [`FallbackMode`]: values whose type conflicts with their column go to the `_fallback`
+//!   column (the default), or make the column a dense union of the types met.
 //! * [`SchemaSource::Inferred`]: the columns are the union of the top-level fields of the first
 //!   `sample` documents, each typed by the widening rule ([`crate::arrow::infer`]); a field
 //!   missing from a document is null. With `widen`, a later document with a new field or a type
@@ -51,6 +53,20 @@ impl SchemaSource {
             widen: true,
         }
     }
+}
+
+/// Where values of a type that conflicts with their column go (see [`crate::arrow::infer`]).
+///
+/// Either way nothing is lost and every value outside its column is counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FallbackMode {
+    /// To the row's `_fallback` column, as canonical Extended JSON under the value's dotted path.
+    #[default]
+    ExtJson,
+    /// An inferred column whose values have conflicting types becomes a dense `Union` of them
+    /// (Arrow IPC and in-process only: Parquet has no unions). Values a declared schema cannot
+    /// hold still go to `_fallback`.
+    DenseUnion,
 }
 
 /// A declared column: its name, the dotted path it reads, and its type.
