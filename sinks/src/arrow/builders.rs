@@ -130,6 +130,12 @@ fn db_pointer_of(value: &[u8]) -> Option<(&str, [u8; 12])> {
     Some((ns, fixed(value.get(4 + n..)?)?))
 }
 
+/// Key equality without a `memcmp` call: keys are short.
+#[inline]
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 /// Integers a double holds exactly.
 const EXACT_IN_F64: i64 = 1 << 53;
 
@@ -600,29 +606,33 @@ impl DocBuilder {
     pub fn append_fields(&mut self, doc: &[u8], parent: Option<&Path<'_>>, cx: &mut Cx) {
         let row = self.len;
         let mut hint = 0;
+        let mut matched = 0;
         for e in raw::elements(doc) {
             let Ok(e) = e else {
                 cx.malformed += 1;
                 break;
             };
             let path = Path { key: e.key, parent };
-            let index = if self.keys.get(hint).is_some_and(|k| **k == *e.key) {
+            let index = if self.keys.get(hint).is_some_and(|k| same_key(k, e.key)) {
                 Some(hint)
             } else {
-                self.keys.iter().position(|k| **k == *e.key)
+                self.keys.iter().position(|k| same_key(k, e.key))
             };
             match index {
                 Some(i) if self.children[i].len() == row => {
                     self.children[i].append(&e, &path, cx);
                     hint = i + 1;
+                    matched += 1;
                 }
                 None if self.ignore_unknown => {}
                 _ => cx.miss(&e, &path),
             }
         }
-        for child in &mut self.children {
-            if child.len() == row {
-                child.append_null();
+        if matched < self.children.len() {
+            for child in &mut self.children {
+                if child.len() == row {
+                    child.append_null();
+                }
             }
         }
         self.nulls.append_non_null();

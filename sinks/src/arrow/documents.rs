@@ -46,7 +46,7 @@ use changeflow_operators::value::lookup;
 
 use super::builders::{Cx, DocBuilder, Path};
 use super::changelog_batches::{diff_field, fallback_field, time_field};
-use super::infer::{type_of_document_in, widen_in};
+use super::infer::absorb_document;
 use super::mapping::ColumnType;
 use super::schema::{FallbackMode, SchemaSource};
 use crate::SinkError;
@@ -179,7 +179,7 @@ impl DocumentBatcher {
     fn fix_sampled_schema(&mut self) {
         let mut ty = ColumnType::Document(Vec::new());
         for (doc, _) in &self.sample {
-            ty = widen_in(&ty, &type_of_document_in(doc, self.unions), self.unions).0;
+            absorb_document(&mut ty, doc, self.unions);
         }
         self.set_columns(ty);
         for (doc, change) in std::mem::take(&mut self.sample) {
@@ -215,11 +215,8 @@ impl DocumentBatcher {
         let widens = matches!(self.source, SchemaSource::Inferred { widen: true, .. });
         if cx.misses > 0 && may_widen && widens {
             let current = ColumnType::Document(self.columns.clone());
-            let (joined, _) = widen_in(
-                &current,
-                &type_of_document_in(doc, self.unions),
-                self.unions,
-            );
+            let mut joined = current.clone();
+            absorb_document(&mut joined, doc, self.unions);
             if joined != current {
                 // Cut the series before this document, then convert it with the wider schema.
                 self.fallback.append_null();

@@ -46,17 +46,16 @@ pub fn type_of(e: &Element<'_>) -> ColumnType {
 
 /// The column type of one BSON element; with `unions`, mixed array elements make a union.
 pub fn type_of_in(e: &Element<'_>, unions: bool) -> ColumnType {
+    let mut ty = ColumnType::Null;
+    absorb(&mut ty, e, unions);
+    ty
+}
+
+/// The type of a value that is neither a document nor an array.
+fn scalar_type(e: &Element<'_>) -> ColumnType {
     match e.kind {
         kind::DOUBLE => ColumnType::Double,
         kind::STRING => ColumnType::String,
-        kind::DOCUMENT => type_of_document_in(e.value, unions),
-        kind::ARRAY => {
-            let mut element = ColumnType::Null;
-            for item in raw::elements(e.value).map_while(Result::ok) {
-                element = widen_in(&element, &type_of_in(&item, unions), unions).0;
-            }
-            ColumnType::Array(Box::new(element))
-        }
         kind::BINARY => match (e.value.get(4), e.value.len()) {
             (Some(4), 21) => ColumnType::Uuid,
             (Some(3), 21) => ColumnType::LegacyUuid,
@@ -80,6 +79,69 @@ pub fn type_of_in(e: &Element<'_>, unions: bool) -> ColumnType {
     }
 }
 
+/// Widens `ty` in place to hold the value `e` (the result of `widen_in(ty, type_of_in(e))`),
+/// allocating only for fields not seen before. Returns whether some value conflicted.
+pub fn absorb(ty: &mut ColumnType, e: &Element<'_>, unions: bool) -> bool {
+    match (&mut *ty, e.kind) {
+        (ColumnType::Null | ColumnType::Document(_), kind::DOCUMENT) => {
+            absorb_document(ty, e.value, unions)
+        }
+        (ColumnType::Null, kind::ARRAY) => {
+            *ty = ColumnType::Array(Box::new(ColumnType::Null));
+            absorb(ty, e, unions)
+        }
+        (ColumnType::Array(element), kind::ARRAY) => {
+            let mut conflict = false;
+            for item in raw::elements(e.value).map_while(Result::ok) {
+                conflict |= absorb(element, &item, unions);
+            }
+            conflict
+        }
+        (_, kind::DOCUMENT | kind::ARRAY) => {
+            let mut value = ColumnType::Null;
+            absorb(&mut value, e, unions);
+            let (joined, conflict) = widen_in(ty, &value, unions);
+            *ty = joined;
+            conflict
+        }
+        _ => {
+            let value = scalar_type(e);
+            if *ty == value {
+                return false;
+            }
+            let (joined, conflict) = widen_in(ty, &value, unions);
+            *ty = joined;
+            conflict
+        }
+    }
+}
+
+/// Widens `ty` (a `Document`, or `Null`) in place with the fields of the document `doc`.
+/// Returns whether some value conflicted.
+pub fn absorb_document(ty: &mut ColumnType, doc: &[u8], unions: bool) -> bool {
+    if *ty == ColumnType::Null {
+        *ty = ColumnType::Document(Vec::new());
+    }
+    let ColumnType::Document(fields) = ty else {
+        let mut value = ColumnType::Document(Vec::new());
+        absorb_document(&mut value, doc, unions);
+        let (joined, conflict) = widen_in(ty, &value, unions);
+        *ty = joined;
+        return conflict;
+    };
+    let mut conflict = false;
+    for e in raw::elements(doc).map_while(Result::ok) {
+        match fields.iter_mut().find(|(k, _)| k.as_bytes() == e.key) {
+            Some((_, existing)) => conflict |= absorb(existing, &e, unions),
+            None => {
+                let Some(key) = e.key_str() else { continue };
+                fields.push((key.to_string(), type_of_in(&e, unions)));
+            }
+        }
+    }
+    conflict
+}
+
 /// The column type of a whole document (a `Document` of its fields).
 pub fn type_of_document(doc: &[u8]) -> ColumnType {
     type_of_document_in(doc, false)
@@ -87,16 +149,9 @@ pub fn type_of_document(doc: &[u8]) -> ColumnType {
 
 /// [`type_of_document`], with `unions` as in [`widen_in`].
 pub fn type_of_document_in(doc: &[u8], unions: bool) -> ColumnType {
-    let mut fields: Vec<(String, ColumnType)> = Vec::new();
-    for e in raw::elements(doc).map_while(Result::ok) {
-        let Some(key) = e.key_str() else { continue };
-        let ty = type_of_in(&e, unions);
-        match fields.iter_mut().find(|(k, _)| k == key) {
-            Some((_, existing)) => *existing = widen_in(existing, &ty, unions).0,
-            None => fields.push((key.to_string(), ty)),
-        }
-    }
-    ColumnType::Document(fields)
+    let mut ty = ColumnType::Document(Vec::new());
+    absorb_document(&mut ty, doc, unions);
+    ty
 }
 
 /// The narrowest exact decimal type of a Decimal128 value, or `DecimalBytes`.
