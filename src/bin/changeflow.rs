@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Maintain orders per region and per customer over a change-event file
     OrdersByRegion(changeflow::jobs::orders_by_region::Args),
+    /// Write shop.orders (live and changelog) and V1's changelog as rolling Parquet files
+    OrdersToParquet(changeflow::jobs::orders_to_parquet::Args),
     /// Write a seeded, realistic change stream of the `shop.orders` collection
     Generate {
         /// Number of change events
@@ -51,6 +53,7 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::OrdersByRegion(args) => changeflow::jobs::orders_by_region::main_with(args),
+        Command::OrdersToParquet(args) => changeflow::jobs::orders_to_parquet::main_with(args),
         Command::Generate {
             events,
             seed,

@@ -20,6 +20,7 @@ use changeflow_core::{ClusterTime, Document};
 use changeflow_operators::documents::{DocKey, DocumentStats, document_state};
 use changeflow_operators::handle::ViewHandle;
 use changeflow_operators::views::Row;
+use changeflow_sinks::SinkError;
 use changeflow_sinks::arrow::changelog_batches::document_snapshot;
 use changeflow_sinks::arrow::documents::{BatchStats, DocumentBatcher};
 use changeflow_sinks::arrow::schema::SchemaSource;
@@ -40,7 +41,8 @@ pub const NAMESPACE: &str = "shop.orders";
 pub struct ParquetJobOptions {
     /// The change-event file (JSON lines, or BSON if it ends in `.bson`).
     pub input: PathBuf,
-    /// The output directory (`orders/`, `orders_changelog/`, `v1_changelog/` are made in it).
+    /// The output directory. The job replaces its `orders/`, `orders_changelog/` and
+    /// `v1_changelog/` folders (files of an earlier run would mix with the new series).
     pub out: PathBuf,
     /// Timely worker threads.
     pub workers: usize,
@@ -114,10 +116,23 @@ pub fn run(options: &ParquetJobOptions) -> Result<ParquetJobReport, JobError> {
     let (v1_sink, orders_sink) = (ArrowSink::new(), ArrowSink::new());
     let v1_handle = ViewHandle::<Row>::new();
     let orders_handle = ViewHandle::<(DocKey, Document)>::new();
-    let (v1_dir, changelog_dir) = (
+    let (v1_dir, changelog_dir, orders_dir) = (
         options.out.join("v1_changelog"),
         options.out.join("orders_changelog"),
+        options.out.join("orders"),
     );
+    for dir in [&v1_dir, &changelog_dir, &orders_dir] {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(SinkError::Write {
+                    path: dir.clone(),
+                    reason: e.to_string(),
+                }
+                .into());
+            }
+            _ => {}
+        }
+    }
 
     let started = Instant::now();
     let worker_job = {
@@ -161,7 +176,7 @@ pub fn run(options: &ParquetJobOptions) -> Result<ParquetJobReport, JobError> {
 
     let orders = orders_handle.snapshot();
     let mut batcher = DocumentBatcher::new(SchemaSource::inferred());
-    let mut writer = ParquetWriter::new(&options.out.join("orders"), "orders", parquet)?;
+    let mut writer = ParquetWriter::new(&orders_dir, "orders", parquet)?;
     // The snapshot reflects every time up to the last closed one; files roll between chunks.
     let frontier = orders.time.and_then(ClusterTime::successor);
     let chunk = usize::try_from(options.roll_rows.max(1)).unwrap_or(usize::MAX);
@@ -202,7 +217,7 @@ pub struct Args {
     /// Rows per Parquet file before it rolls
     #[arg(long, default_value_t = 2000)]
     pub roll_rows: u64,
-    /// Compression: snappy, lz4 or none
+    /// Compression: snappy, lz4 or none (zstd and gzip are not compiled into this build)
     #[arg(long, default_value = "snappy")]
     pub compression: String,
 }
@@ -221,12 +236,13 @@ pub fn main_with(args: Args) -> std::process::ExitCode {
         "snappy" => ParquetCompression::Snappy,
         "lz4" => ParquetCompression::Lz4,
         "none" => ParquetCompression::Uncompressed,
+        "zstd" => ParquetCompression::Zstd(3),
+        "gzip" => ParquetCompression::Gzip,
         other => {
-            eprintln!("error: unknown compression {other:?} (snappy, lz4 or none)");
+            eprintln!("error: unknown compression {other:?} (snappy, lz4, none; zstd, gzip)");
             return std::process::ExitCode::FAILURE;
         }
     };
-    let _ = std::fs::remove_dir_all(&out);
     let mut options = ParquetJobOptions::new(&input, &out);
     options.workers = args.workers;
     options.roll_rows = args.roll_rows;
