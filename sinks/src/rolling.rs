@@ -163,3 +163,90 @@ impl<F: FileFormat> Rolling<F> {
         self.files.clone()
     }
 }
+
+impl<F: FileFormat> Drop for Rolling<F> {
+    /// A file still open was never committed as complete: its temporary is removed, never
+    /// renamed, so no partial file is left under a final name (or at all).
+    fn drop(&mut self) {
+        if let Some(open) = self.open.take() {
+            let _ = std::fs::remove_file(&open.temporary);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::{IpcFormat, IpcWriter};
+    use crate::writer::BatchWriter;
+    use arrow_array::{Int64Array, RecordBatch};
+    use std::sync::Arc;
+
+    fn batch(rows: i64) -> RecordBatch {
+        let values: Int64Array = (0..rows).collect();
+        RecordBatch::try_from_iter([("n", Arc::new(values) as _)]).unwrap()
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cf-rolling-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn files_roll_by_bytes_only_at_commits() {
+        let dir = dir("bytes");
+        let mut writer = IpcWriter::new(
+            &dir,
+            "b",
+            IpcFormat::File,
+            RollPolicy::never().with_bytes(4000),
+        );
+        for t in 1..=6 {
+            writer.write(&batch(100)).unwrap(); // 800 bytes of values each
+            assert!(
+                writer.files().len() <= (t as usize * 800) / 4000,
+                "no roll between commits"
+            );
+            writer.commit(Some(ClusterTime::new(t, 0))).unwrap();
+        }
+        writer.commit(None).unwrap();
+        let files = writer.files();
+        assert_eq!(files.len(), 2, "{files:?}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn files_roll_by_age() {
+        let dir = dir("age");
+        let mut writer = IpcWriter::new(
+            &dir,
+            "a",
+            IpcFormat::Stream,
+            RollPolicy::never().with_age(std::time::Duration::ZERO),
+        );
+        writer.write(&batch(3)).unwrap();
+        writer.commit(Some(ClusterTime::new(1, 0))).unwrap();
+        assert_eq!(
+            writer.files().len(),
+            1,
+            "an age of zero rolls at every commit"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_writer_dropped_mid_file_leaves_nothing() {
+        let dir = dir("drop");
+        let mut writer = IpcWriter::new(&dir, "d", IpcFormat::File, RollPolicy::never());
+        writer.write(&batch(3)).unwrap();
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "the temporary exists"
+        );
+        drop(writer);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1010,6 +1010,30 @@ fn ipc_changelogs_replay_to_the_final_view() {
             &replay_v1(read["pyarrow"]["rows"].as_array().unwrap()),
         );
         assert_v1_eq(&py, &snapshot);
+        if format == "ipc_file" {
+            // The IPC schema metadata carries each file's frontier, increasing; the last is final.
+            let metadata = read["pyarrow"]["metadata"].as_array().unwrap();
+            let (last, rest) = metadata.split_last().unwrap();
+            let frontiers: Vec<u64> = rest
+                .iter()
+                .map(|m| m["changeflow.frontier"].as_str().unwrap().parse().unwrap())
+                .collect();
+            assert!(frontiers.windows(2).all(|w| w[0] < w[1]), "{frontiers:?}");
+            assert_eq!(last["changeflow.complete"], "true");
+            // Every change in a file is at a time before that file's frontier.
+            let rows = read["pyarrow"]["rows"].as_array().unwrap();
+            let mut row = 0;
+            for (file, frontier) in files.iter().zip(&frontiers) {
+                let n = read_with_pyarrow("ipc_file", std::slice::from_ref(file))
+                    .and_then(|r| r["pyarrow"]["rows"].as_array().map(Vec::len))
+                    .unwrap_or(0);
+                assert!(n > 0, "{file:?} has rows");
+                for r in &rows[row..row + n] {
+                    assert!(r["_time"].as_u64().unwrap() < *frontier, "{file:?}");
+                }
+                row += n;
+            }
+        }
     }
 }
 
