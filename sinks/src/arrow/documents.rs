@@ -66,6 +66,9 @@ pub struct BatchStats {
     pub malformed: u64,
 }
 
+/// Fields an inferred embedded document may have before it is kept as Extended JSON instead.
+pub const DEFAULT_MAX_FIELDS: usize = 1024;
+
 /// A row's `_time` and `_diff`.
 type Change = (ClusterTime, i64);
 
@@ -73,6 +76,7 @@ type Change = (ClusterTime, i64);
 pub struct DocumentBatcher {
     source: SchemaSource,
     unions: bool,
+    max_fields: usize,
     columns: Vec<(String, ColumnType)>,
     /// Declared columns with a dotted path: (column index, path, dotted path).
     deep: Vec<(usize, Vec<String>, String)>,
@@ -91,6 +95,7 @@ impl DocumentBatcher {
         let mut batcher = DocumentBatcher {
             source,
             unions: false,
+            max_fields: DEFAULT_MAX_FIELDS,
             columns: Vec::new(),
             deep: Vec::new(),
             top: None,
@@ -151,6 +156,24 @@ impl DocumentBatcher {
         self
     }
 
+    /// An inferred embedded document with more than `n` distinct fields (a map keyed by data,
+    /// say) becomes one Extended JSON column instead of a struct of `n` columns
+    /// (default [`DEFAULT_MAX_FIELDS`]). Top-level fields are never capped.
+    ///
+    /// ```
+    /// use changeflow_sinks::arrow::documents::DocumentBatcher;
+    /// use changeflow_sinks::arrow::schema::SchemaSource;
+    /// let mut batcher = DocumentBatcher::new(SchemaSource::inferred()).with_max_fields(2);
+    /// batcher.push(bson::rawdoc! { "by_day": { "mon": 1, "tue": 2, "wed": 3 }, "n": { "a": 1 } }.as_bytes());
+    /// let batch = batcher.finish().unwrap().remove(0);
+    /// assert_eq!(batch.schema().field(0).data_type(), &arrow_schema::DataType::Utf8);
+    /// assert!(matches!(batch.schema().field(1).data_type(), arrow_schema::DataType::Struct(_)));
+    /// ```
+    pub fn with_max_fields(mut self, n: usize) -> DocumentBatcher {
+        self.max_fields = n;
+        self
+    }
+
     /// Adds the document `doc` (BSON bytes) as a row.
     pub fn push(&mut self, doc: &[u8]) {
         self.push_row(doc, None);
@@ -181,6 +204,7 @@ impl DocumentBatcher {
         for (doc, _) in &self.sample {
             absorb_document(&mut ty, doc, self.unions);
         }
+        cap_fields(&mut ty, self.max_fields);
         self.set_columns(ty);
         for (doc, change) in std::mem::take(&mut self.sample) {
             self.row(&doc, change, true);
@@ -217,6 +241,7 @@ impl DocumentBatcher {
             let current = ColumnType::Document(self.columns.clone());
             let mut joined = current.clone();
             absorb_document(&mut joined, doc, self.unions);
+            cap_fields(&mut joined, self.max_fields);
             if joined != current {
                 // Cut the series before this document, then convert it with the wider schema.
                 self.fallback.append_null();
@@ -301,6 +326,23 @@ impl DocumentBatcher {
     /// What this batcher did so far.
     pub fn stats(&self) -> BatchStats {
         self.stats
+    }
+}
+
+/// Replaces every embedded document type below the top level with more than `max` fields by
+/// `ExtJson`.
+fn cap_fields(ty: &mut ColumnType, max: usize) {
+    fn cap(ty: &mut ColumnType, max: usize) {
+        match ty {
+            ColumnType::Document(fields) if fields.len() > max => *ty = ColumnType::ExtJson,
+            ColumnType::Document(fields) => fields.iter_mut().for_each(|(_, t)| cap(t, max)),
+            ColumnType::Array(element) => cap(element, max),
+            ColumnType::Union(members) => members.iter_mut().for_each(|t| cap(t, max)),
+            _ => {}
+        }
+    }
+    if let ColumnType::Document(fields) = ty {
+        fields.iter_mut().for_each(|(_, t)| cap(t, max));
     }
 }
 
@@ -404,6 +446,33 @@ mod tests {
             .unwrap();
         assert!(matches!(w.value_type(), arrow_schema::DataType::Union(..)));
         assert_eq!(batches[1].num_rows(), 1);
+    }
+
+    #[test]
+    fn wide_embedded_documents_stay_whole_as_extended_json() {
+        let mut b = DocumentBatcher::new(SchemaSource::Inferred {
+            sample: 1,
+            widen: true,
+        })
+        .with_max_fields(3);
+        b.push(bson::rawdoc! { "m": { "a": 1, "b": 2 } }.as_bytes());
+        b.push(bson::rawdoc! { "m": { "c": 3, "d": 4 } }.as_bytes());
+        b.push(bson::rawdoc! { "m": { "e": 5 } }.as_bytes());
+        let batches = b.finish().unwrap();
+        assert_eq!(
+            b.stats().schema_changes,
+            1,
+            "once past 3 fields, `m` is JSON for good"
+        );
+        assert_eq!(b.stats().fallback_values, 0);
+        let m = batches[1]
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(m.value(0)).unwrap();
+        assert_eq!(json["d"]["$numberInt"], "4");
+        assert_eq!(m.len(), 2);
     }
 
     #[test]
