@@ -13,6 +13,8 @@ pub mod cluster_time {}
 pub mod frontiers {}
 #[doc = include_str!("document-state.md")]
 pub mod document_state {}
+#[doc = include_str!("transactions.md")]
+pub mod transactions {}
 #[doc = include_str!("replay.md")]
 pub mod replay {}
 #[doc = include_str!("views.md")]

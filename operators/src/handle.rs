@@ -119,6 +119,59 @@ fn on_closed<'scope, D, F, G>(
         );
 }
 
+/// Calls `callback(time, records)` on worker 0 for every closed time of a timed stream (records
+/// that carry their own times, like an `EventStream` or the transaction metadata stream), in
+/// time order, with that time's records in arrival order. For sinks of streams that are not
+/// collections, e.g. a transaction log that must be written in commit order.
+///
+/// ```
+/// use changeflow_core::ClusterTime;
+/// use changeflow_operators::handle::on_closed_records;
+/// use timely::dataflow::operators::vec::ToStream;
+/// let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+/// let sink = seen.clone();
+/// timely::execute_directly(move |worker| {
+///     worker.dataflow::<ClusterTime, _, _>(|scope| {
+///         let records = vec![("b".to_string(), ClusterTime::new(2, 0)), ("a".to_string(), ClusterTime::new(1, 0))];
+///         on_closed_records(records.to_stream(scope), move |time, batch: &[String]| {
+///             sink.lock().unwrap().push((time.seconds(), batch.to_vec()))
+///         });
+///     });
+/// });
+/// assert_eq!(*seen.lock().unwrap(), vec![(1, vec!["a".to_string()]), (2, vec!["b".to_string()])]);
+/// ```
+pub fn on_closed_records<'scope, D, F>(
+    stream: timely::dataflow::Stream<'scope, ClusterTime, Vec<(D, ClusterTime)>>,
+    mut callback: F,
+) where
+    D: timely::ExchangeData,
+    F: FnMut(ClusterTime, &[D]) + 'static,
+{
+    stream.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Exchange::new(|_: &(D, ClusterTime)| 0),
+        "ClosedRecords",
+        move |_, _| {
+            let mut stash: TimeStash<D> = TimeStash::new();
+            let mut batch = Vec::new();
+            move |(input, frontier), _output| {
+                input.for_each(|cap, data| {
+                    stash.stash(&cap, 0, data.drain(..).map(|(d, t)| (t, d)))
+                });
+                if let Some(closed) = stash.take_closed(frontier) {
+                    let mut records = closed.records.into_iter().peekable();
+                    while let Some(&(time, _)) = records.peek() {
+                        batch.clear();
+                        while let Some((_, record)) = records.next_if(|(t, _)| *t == time) {
+                            batch.push(record);
+                        }
+                        callback(time, &batch);
+                    }
+                }
+            }
+        },
+    );
+}
+
 /// The contents of a view as of a closed time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot<D> {

@@ -16,6 +16,9 @@
 
 pub mod documents;
 pub mod handle;
+pub mod mql;
+pub mod pipeline;
+pub mod transactions;
 pub mod update;
 pub mod value;
 pub mod views;

@@ -30,6 +30,7 @@
 //!
 //! * [`table`]: a view printed as a text table.
 //! * [`changelog`]: a view's changes as JSON lines, one closed time at a time.
+//! * [`transaction_log`]: transaction `BEGIN` / `END` metadata as JSON lines.
 #![deny(missing_docs)]
 
 pub mod arrow;
@@ -39,6 +40,7 @@ pub mod dataflow;
 pub mod ipc;
 pub mod parquet;
 pub mod table;
+pub mod transaction_log;
 pub mod writer;
 
 mod rolling;

@@ -7,17 +7,30 @@
 //!     Feed::events         (backpressure)     downgrade to the batch's last time
 //!     Feed::progress   ── SyncActivator ──▶  wakes the worker (timely schedules lazily)
 //!     Feed::end / fail
+//!       │
+//!       └─ CommitGrouper: a transaction's events are held until the stream moves past it,
+//!          then sent together at its commit time (see [`crate::commit_time`])
 //! ```
+//!
+//! # Transactions
+//!
+//! Readers hand the feed every event in stream order at its own clusterTime and never group
+//! anything themselves: [`Feed::events`] passes them through a [`CommitGrouper`], so every
+//! source built on a feed (replay, live) emits each transaction whole, at one time.
 //!
 //! # Progress tracking (the frontier rule)
 //!
 //! * The operator starts with a capability at `ClusterTime::MIN`.
 //! * A batch is emitted in one message under the current capability, each record carrying its
-//!   own time; the capability is then downgraded to the batch's last time (more events at that
-//!   time may follow), never further.
+//!   own time; the capability is then downgraded to the input's last time (more events at that
+//!   time may follow) or, if a transaction is open, to its last event's time — never further.
 //! * [`Feed::progress`] (e.g. a post-batch resume token of an idle stream) downgrades the
 //!   capability to a later time with no event: the stream is known to have moved past
-//!   everything before it.
+//!   everything before it. It first releases the transactions that ended before that time, and
+//!   never moves past an open transaction's last event (it may still be released there).
+//! * The position recorded in the [`SourceStatus`] pairs the frontier with the resume token up to
+//!   which every event was sent ([`CommitGrouper::resume_token`]), so a restart from that token
+//!   re-reads any transaction that was still open.
 //! * [`Feed::end`] drops the capability. [`Feed::fail`] records the error in the
 //!   [`SourceStatus`] and *keeps* the capability, so no partial time is released; a reader that
 //!   goes away without either is reported as a failure too.
@@ -32,13 +45,20 @@ use timely::dataflow::Scope;
 use timely::dataflow::operators::generic::operator::source;
 use timely::scheduling::SyncActivator;
 
+use crate::commit_time::{CommitGrouper, TxnCompletion};
 use crate::{SourceError, SourceStatus};
 
 /// What a reader thread sends to its source operator.
 enum Message {
     /// Asks nothing; sent only to learn whether the operator is still there.
     Ping,
-    Events(Vec<(ChangeEvent, ClusterTime)>),
+    /// Events at their (commit) times, the time the capability may move to after them, and
+    /// the resume token up to which all events were sent.
+    Events(
+        Vec<(ChangeEvent, ClusterTime)>,
+        ClusterTime,
+        Option<ResumeToken>,
+    ),
     Progress(ClusterTime, Option<ResumeToken>),
     End,
     Fail(Box<SourceError>),
@@ -48,7 +68,12 @@ enum Message {
 pub struct Feed {
     sender: SyncSender<Message>,
     activator: SyncActivator,
+    /// The input's position: the time of the last event or progress received.
     last: ClusterTime,
+    /// The last frontier sent to the operator.
+    sent: ClusterTime,
+    grouper: CommitGrouper,
+    status: Arc<SourceStatus>,
 }
 
 /// The source operator has gone (its dataflow was dropped): the reader should stop.
@@ -62,20 +87,39 @@ impl Feed {
         self.activator.activate().map_err(|_| Disconnected)
     }
 
-    /// Sends a batch of events in stream order (times never decrease across batches).
-    pub fn events(&mut self, batch: Vec<(ChangeEvent, ClusterTime)>) -> Result<(), Disconnected> {
-        if let Some((_, t)) = batch.last() {
-            debug_assert!(
-                batch.first().is_some_and(|(_, f)| *f >= self.last),
-                "times must not decrease"
-            );
-            self.last = *t;
-            self.send(Message::Events(batch))?;
+    /// Chooses when a transaction counts as complete (default [`TxnCompletion::Sharded`], right
+    /// for every deployment); call before the first event.
+    pub fn set_txn_completion(&mut self, rule: TxnCompletion) {
+        if !self.grouper.has_open() {
+            self.grouper = CommitGrouper::new(rule);
         }
-        Ok(())
     }
 
-    /// Declares that no event before `time` will follow (an idle stream's post-batch token).
+    /// Sends a batch of events in stream order, each with its own clusterTime (times never
+    /// decrease across batches). Transactions are held until complete and then sent at their
+    /// commit time (see the module docs).
+    pub fn events(&mut self, batch: Vec<(ChangeEvent, ClusterTime)>) -> Result<(), Disconnected> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        debug_assert!(
+            batch.first().is_some_and(|(_, f)| *f >= self.last),
+            "times must not decrease"
+        );
+        let mut out = Vec::with_capacity(batch.len());
+        for (event, time) in batch {
+            self.last = time;
+            self.grouper.push(event, time, &mut out);
+        }
+        // More events may follow at the input's last time, or at an open transaction's.
+        let frontier = self.grouper.safe_time().unwrap_or(self.last);
+        let token = self.grouper.resume_token();
+        self.flush(out, frontier, token)
+    }
+
+    /// Declares that no event before `time` will follow (an idle stream's post-batch token,
+    /// whose own resume token is `token`). Transactions that ended before `time` are sent; the
+    /// frontier stops at the last event of any that is still open.
     pub fn progress(
         &mut self,
         time: ClusterTime,
@@ -83,19 +127,52 @@ impl Feed {
     ) -> Result<(), Disconnected> {
         if time > self.last {
             self.last = time;
-            self.send(Message::Progress(time, token))?;
+            let mut out = Vec::new();
+            self.grouper.advance(time, &mut out);
+            let (frontier, token) = match self.grouper.safe_time() {
+                Some(open) => (open.min(time), self.grouper.resume_token()),
+                None => (time, token),
+            };
+            self.flush(out, frontier, token)?;
         }
         Ok(())
     }
 
-    /// The input ended normally.
+    /// The input ended normally: transactions still open are sent as they are (a finite input
+    /// is the whole stream), then the source releases its capability.
     pub fn end(mut self) {
-        let _ = self.send(Message::End);
+        let mut out = Vec::new();
+        self.grouper.finish(&mut out);
+        let token = self.grouper.resume_token();
+        if self.flush(out, self.last, token).is_ok() {
+            let _ = self.send(Message::End);
+        }
     }
 
-    /// The input failed; the source keeps its capability and reports `error`.
+    /// The input failed; the source keeps its capability and reports `error`. Events of open
+    /// transactions are not sent.
     pub fn fail(mut self, error: SourceError) {
         let _ = self.send(Message::Fail(Box::new(error)));
+    }
+
+    /// Sends released events (if any) and the new frontier (if it moved).
+    fn flush(
+        &mut self,
+        out: Vec<(ChangeEvent, ClusterTime)>,
+        frontier: ClusterTime,
+        token: Option<ResumeToken>,
+    ) -> Result<(), Disconnected> {
+        self.status.set_grouping(self.grouper.counts());
+        let frontier = frontier.max(self.sent);
+        if !out.is_empty() {
+            self.sent = frontier;
+            self.send(Message::Events(out, frontier, token))
+        } else if frontier > self.sent {
+            self.sent = frontier;
+            self.send(Message::Progress(frontier, token))
+        } else {
+            Ok(())
+        }
     }
 
     /// Whether the source operator is still there (an idle reader should stop when it is not:
@@ -107,7 +184,8 @@ impl Feed {
         )
     }
 
-    /// The time of the last event or progress sent.
+    /// The time of the last event or progress received from the reader (events of an open
+    /// transaction may not have been sent yet).
     pub fn last_time(&self) -> ClusterTime {
         self.last
     }
@@ -137,6 +215,9 @@ where
                 sender,
                 activator,
                 last: ClusterTime::MIN,
+                sent: ClusterTime::MIN,
+                grouper: CommitGrouper::new(TxnCompletion::default()),
+                status: Arc::clone(&status),
             };
             let spawned = std::thread::Builder::new()
                 .name(thread_name)
@@ -154,15 +235,11 @@ where
                 loop {
                     match rx.try_recv() {
                         Ok(Message::Ping) => {}
-                        Ok(Message::Events(batch)) => {
-                            let Some((last, time)) = batch.last() else {
-                                continue;
-                            };
-                            let (time, token) = (*time, last.token());
+                        Ok(Message::Events(batch, frontier, token)) => {
                             status.add_events(batch.len() as u64);
                             output.session(&*cap).give_iterator(batch.into_iter());
-                            cap.downgrade(&time);
-                            status.set_position(time, Some(token));
+                            cap.downgrade(&frontier);
+                            status.set_position(frontier, token);
                         }
                         Ok(Message::Progress(time, token)) => {
                             cap.downgrade(&time);
@@ -190,4 +267,119 @@ where
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::channel;
+    use std::time::{Duration, Instant};
+
+    use changeflow_core::{ChangeEvent, ClusterTime, ResumeToken};
+    use timely::dataflow::operators::{Inspect, Probe};
+
+    use super::*;
+
+    fn event(t: u32, txn: bool) -> ChangeEvent {
+        let txn = if txn {
+            r#", "lsid": {"id": 1}, "txnNumber": 1"#
+        } else {
+            ""
+        };
+        ChangeEvent::from_json(
+            format!(
+                r#"{{"_id": {{"_data": "82{t:08X}0000000104"}}, "operationType": "delete",
+                "clusterTime": {{"$timestamp": {{"t": {t}, "i": 0}}}}, "ns": {{"db": "a", "coll": "b"}},
+                "documentKey": {{"_id": {t}}}{txn}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    enum Step {
+        Events(Vec<ChangeEvent>),
+        Progress(u32),
+        End,
+    }
+
+    /// A post-batch token completes an open transaction only once it is past the transaction's
+    /// last event, and the frontier never passes an open transaction.
+    #[test]
+    fn progress_waits_for_open_transactions_and_then_releases_them() {
+        let (steps, commands) = channel::<Step>();
+        let commands = std::sync::Mutex::new(Some(commands));
+        let status = SourceStatus::new();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (status2, sink) = (status.clone(), seen.clone());
+        timely::execute_directly(move |worker| {
+            let commands = commands.lock().unwrap().take().unwrap();
+            let probe = worker.dataflow::<ClusterTime, _, _>(|scope| {
+                fed_source(scope, "test", status2.clone(), 4, move |mut feed: Feed| {
+                    for step in commands {
+                        match step {
+                            Step::Events(events) => {
+                                let batch = events
+                                    .into_iter()
+                                    .map(|e| {
+                                        let t = e.cluster_time();
+                                        (e, t)
+                                    })
+                                    .collect();
+                                feed.events(batch).unwrap();
+                            }
+                            Step::Progress(t) => {
+                                let token = ResumeToken::from_data(&format!("82{t:08X}0000000004"));
+                                feed.progress(ClusterTime::new(t, 0), Some(token)).unwrap();
+                            }
+                            Step::End => return feed.end(),
+                        }
+                    }
+                })
+                .inspect(move |(e, t)| {
+                    sink.lock()
+                        .unwrap()
+                        .push((e.cluster_time().seconds(), t.seconds()))
+                })
+                .probe()
+                .0
+            });
+            let frontier = |worker: &mut timely::worker::Worker, want: Option<u32>| {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    worker.step_or_park(Some(Duration::from_millis(5)));
+                    let now = probe.with_frontier(|f| f.first().map(|t| t.seconds()));
+                    if now == want || Instant::now() > deadline {
+                        return now;
+                    }
+                }
+            };
+            steps
+                .send(Step::Events(vec![event(3, false), event(5, true)]))
+                .unwrap();
+            // The plain event went out; the transaction holds the frontier at its last time.
+            assert_eq!(frontier(worker, Some(5)), Some(5));
+            steps.send(Step::Progress(5)).unwrap();
+            assert_eq!(frontier(worker, Some(5)), Some(5));
+            steps.send(Step::Events(vec![event(6, true)])).unwrap();
+            assert_eq!(frontier(worker, Some(6)), Some(6));
+            // A token past its last event completes the transaction: both events at t = 6.
+            steps.send(Step::Progress(9)).unwrap();
+            assert_eq!(frontier(worker, Some(9)), Some(9));
+            steps.send(Step::End).unwrap();
+            assert_eq!(frontier(worker, None), None);
+        });
+        assert_eq!(*seen.lock().unwrap(), [(3, 3), (5, 6), (6, 6)]);
+        let counts = status.transactions();
+        assert_eq!(
+            (counts.transactions, counts.multi_time_transactions),
+            (1, 1)
+        );
+        // The position after the last progress is the post-batch token.
+        let (time, token) = status.position().unwrap();
+        assert_eq!(time, ClusterTime::new(9, 0));
+        assert_eq!(
+            token.and_then(|t| t.cluster_time()),
+            Some(ClusterTime::new(9, 0))
+        );
+    }
 }

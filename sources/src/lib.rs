@@ -9,6 +9,8 @@
 //!   following the file as it grows; bad lines stop the source or go to a dead-letter file.
 //! * [`feed`]: a source fed by a reader thread through a bounded channel (replay uses it; live
 //!   streams will).
+//! * [`commit_time`]: every event of a transaction is emitted at one time, the clusterTime of
+//!   its last event, once the stream has moved past it (the feed applies it to every source).
 //! * [`memory`]: events held in memory, for tests and examples.
 //! * [`reader`]: the file reader under the replay source, usable without timely.
 //! * [`SourceStatus`]: progress, counters and failure, shared with the driver.
@@ -17,6 +19,7 @@
 //! [`ClusterTime`]: changeflow_core::ClusterTime
 #![deny(missing_docs)]
 
+pub mod commit_time;
 pub mod error;
 pub mod feed;
 pub mod memory;

@@ -1,8 +1,10 @@
 //! A source of change events held in memory: for tests, examples and the book.
 //!
-//! The events must be in stream order (non-decreasing cluster times). All are emitted, each at its
-//! cluster time, in one message in the first activation; then the capability is dropped, which
-//! is the frontier rule for a stream known to be complete.
+//! The events must be in stream order (non-decreasing cluster times). All are emitted in one
+//! message in the first activation, each at its cluster time, except that a transaction's
+//! events are emitted together at the time of its last event (commit-time grouping, as every
+//! source does: see [`crate::commit_time`]); then the capability is dropped, which is the
+//! frontier rule for a stream known to be complete.
 //!
 //! ```
 //! use changeflow_core::{ChangeEvent, ClusterTime};
@@ -18,10 +20,13 @@
 //! ```
 
 use changeflow_core::{ChangeEvent, ClusterTime, EventStream};
+
+use crate::commit_time::{CommitGrouper, TxnCompletion};
 use timely::dataflow::Scope;
 use timely::dataflow::operators::generic::operator::source;
 
-/// Emits `events` (in stream order) at their cluster times on worker 0, then closes.
+/// Emits `events` (in stream order) at their cluster times (transactions at their commit
+/// times) on worker 0, then closes.
 ///
 /// # Panics
 ///
@@ -43,12 +48,14 @@ pub fn from_events<'scope>(
                     .all(|w| w[0].cluster_time() <= w[1].cluster_time()),
                 "events must be in stream order"
             );
-            output
-                .session(&cap)
-                .give_iterator(events.into_iter().map(|e| {
-                    let time = e.cluster_time();
-                    (e, time)
-                }));
+            let mut grouper = CommitGrouper::new(TxnCompletion::default());
+            let mut records = Vec::with_capacity(events.len());
+            for event in events {
+                let time = event.cluster_time();
+                grouper.push(event, time, &mut records);
+            }
+            grouper.finish(&mut records);
+            output.session(&cap).give_iterator(records.into_iter());
         }
     })
 }

@@ -14,7 +14,8 @@
 //!
 //! * The source starts with a capability at `ClusterTime::MIN`.
 //! * Each batch of up to `batch` events is sent in one message under the current
-//!   capability, each record carrying its own `clusterTime` (see [`EventStream`]); then it
+//!   capability, each record carrying its own `clusterTime` (a transaction's events: the
+//!   clusterTime of its last event, once complete; see [`crate::commit_time`]); then it
 //!   downgrades the capability to the time of the last event emitted: more events at that time may follow,
 //!   so the source never releases a time it may still emit at, and it never holds a time it has
 //!   passed (the capability moves as soon as a later event is read).
@@ -56,6 +57,7 @@ use std::time::{Duration, Instant};
 use changeflow_core::{ChangeEvent, ClusterTime, EventStream, OperationType};
 use timely::dataflow::Scope;
 
+use crate::commit_time::TxnCompletion;
 use crate::feed::{Feed, fed_source};
 use crate::reader::{EventReader, Read, ReaderOptions};
 use crate::{SourceError, SourceStatus};
@@ -73,6 +75,8 @@ pub struct ReplayOptions {
     pub idle_timeout: Option<Duration>,
     /// Keep reading after an `invalidate` event (a recording resumed with `startAfter`).
     pub continue_after_invalidate: bool,
+    /// When a transaction counts as complete (see [`crate::commit_time`]).
+    pub txn_completion: TxnCompletion,
     status: Arc<SourceStatus>,
 }
 
@@ -85,6 +89,7 @@ impl ReplayOptions {
             poll_interval: Duration::from_millis(50),
             idle_timeout: None,
             continue_after_invalidate: false,
+            txn_completion: TxnCompletion::default(),
             status: SourceStatus::new(),
         }
     }
@@ -109,6 +114,7 @@ pub fn replay<'scope>(
 
 /// The reader thread: reads the file in batches and feeds them to the source.
 fn read_file(mut feed: Feed, options: &ReplayOptions, status: &SourceStatus) {
+    feed.set_txn_completion(options.txn_completion);
     let mut input = match EventReader::open(options.reader.clone()) {
         Ok(input) => input,
         Err(e) => return feed.fail(e),

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use changeflow_core::{ClusterTime, ResumeToken};
 
 use crate::SourceError;
+use crate::commit_time::GroupingCounts;
 
 /// Progress, counters and failure of one source, shared across threads.
 #[derive(Debug, Default)]
@@ -28,6 +29,7 @@ pub struct SourceStatus {
     error: Mutex<Option<String>>,
     failure: Mutex<Option<SourceError>>,
     position: Mutex<Option<(ClusterTime, Option<ResumeToken>)>>,
+    grouping: Mutex<GroupingCounts>,
 }
 
 impl SourceStatus {
@@ -62,6 +64,17 @@ impl SourceStatus {
         self.position.lock().ok().and_then(|p| p.clone())
     }
 
+    /// What commit-time grouping has done: transactions released, their sizes, how many spanned
+    /// several clusterTimes.
+    pub fn transactions(&self) -> GroupingCounts {
+        self.grouping.lock().map(|g| *g).unwrap_or_default()
+    }
+
+    pub(crate) fn set_grouping(&self, counts: GroupingCounts) {
+        if let Ok(mut g) = self.grouping.lock() {
+            *g = counts;
+        }
+    }
     pub(crate) fn add_events(&self, n: u64) {
         self.events.fetch_add(n, Ordering::Relaxed);
     }

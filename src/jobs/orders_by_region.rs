@@ -23,6 +23,7 @@ use changeflow_sinks::changelog::ChangelogWriter;
 use changeflow_sinks::parquet::write_parquet;
 use changeflow_sinks::{SinkError, table};
 use changeflow_sources::SourceError;
+use changeflow_sources::commit_time::GroupingCounts;
 use changeflow_sources::reader::{BadInputPolicy, ReaderOptions};
 use changeflow_sources::replay::{ReplayOptions, replay};
 
@@ -71,6 +72,8 @@ pub struct OrdersReport {
     pub dead_lettered: u64,
     /// Updates that could not be applied (no previous version and no full document).
     pub unapplied: u64,
+    /// Multi-document transactions in the stream, each applied whole at its commit time.
+    pub transactions: GroupingCounts,
     /// Wall-clock time of the dataflow.
     pub elapsed: Duration,
     /// V1 rows: `[region, orders, amount]`, sorted by region.
@@ -230,6 +233,7 @@ pub fn run(options: &OrdersOptions) -> Result<OrdersReport, JobError> {
         events: status.events(),
         dead_lettered: status.dead_lettered(),
         unapplied: doc_stats.unapplied(),
+        transactions: status.transactions(),
         elapsed,
         v1: v1_rows,
         v2: v2_rows,
@@ -318,6 +322,11 @@ pub fn main_with(args: Args) -> std::process::ExitCode {
                 if options.workers == 1 { "" } else { "s" },
                 live_orders(&report),
                 report.v2.len(),
+            );
+            let txns = &report.transactions;
+            println!(
+                "{} transactions ({} events, the largest {}), each applied whole at its commit time",
+                txns.transactions, txns.transaction_events, txns.largest_transaction
             );
             if report.dead_lettered > 0 {
                 println!(

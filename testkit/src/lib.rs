@@ -10,6 +10,9 @@
 //! * The **reference model** ([`reference`](mod@reference)) applies change events one by one, in
 //!   stream order, to a plain map of documents, with the simplest possible code. Its final state,
 //!   and the batch views computed over it, are the expected answers for changeflow's pipelines.
+//! * The **bank** workload ([`bank`]) moves money between accounts inside transactions (some
+//!   spanning several clusterTimes, some interleaved at one clusterTime as on a sharded
+//!   cluster), so the total of all balances is an invariant that a partial transaction breaks.
 //! * [`extjson`] writes `bson::Document`s as Extended JSON (relaxed or canonical) like MongoDB's
 //!   tools; [`rng`] is the small seeded PRNG behind the workloads.
 //!
@@ -28,6 +31,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bank;
 pub mod extjson;
 pub mod orders;
 pub mod reference;

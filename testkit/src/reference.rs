@@ -316,6 +316,52 @@ pub fn id_key(id: &Bson) -> String {
     id.clone().into_canonical_extjson().to_string()
 }
 
+/// The time at which each event becomes visible when transactions are atomic: its own
+/// `clusterTime` outside a transaction; inside one (same `lsid` and `txnNumber`), the
+/// `clusterTime` of the transaction's last event in `events`. Times as `(t, i)`; events
+/// without a `clusterTime` get `(0, 0)`.
+///
+/// ```
+/// use bson::{doc, Timestamp};
+/// use changeflow_testkit::reference::commit_times;
+/// let ts = |t| Timestamp { time: t, increment: 1 };
+/// let events = [
+///     doc! { "clusterTime": ts(1), "lsid": { "id": 1 }, "txnNumber": 1_i64 },
+///     doc! { "clusterTime": ts(2) },
+///     doc! { "clusterTime": ts(3), "lsid": { "id": 1 }, "txnNumber": 1_i64 },
+/// ];
+/// assert_eq!(commit_times(&events), [(3, 1), (2, 1), (3, 1)]);
+/// ```
+pub fn commit_times(events: &[Document]) -> Vec<(u32, u32)> {
+    let time = |e: &Document| {
+        e.get_timestamp("clusterTime")
+            .map_or((0, 0), |t| (t.time, t.increment))
+    };
+    let txn = |e: &Document| -> Option<String> {
+        let lsid = e.get_document("lsid").ok()?;
+        let number = e.get("txnNumber")?;
+        Some(format!(
+            "{}/{}",
+            Bson::Document(lsid.clone()).into_canonical_extjson(),
+            number.clone().into_canonical_extjson()
+        ))
+    };
+    let mut last: std::collections::HashMap<String, (u32, u32)> = Default::default();
+    for e in events {
+        if let Some(id) = txn(e) {
+            last.insert(id, time(e));
+        }
+    }
+    events
+        .iter()
+        .map(|e| {
+            txn(e)
+                .and_then(|id| last.get(&id).copied())
+                .unwrap_or_else(|| time(e))
+        })
+        .collect()
+}
+
 /// Exactly rounded sum of `values` (Shewchuk / Python's `math.fsum`). Falls back to a plain sum
 /// when an input is not finite or an intermediate overflows.
 ///

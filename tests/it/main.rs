@@ -7,3 +7,4 @@ mod follow;
 mod handles;
 mod orders_oracle;
 mod support;
+mod transactions;

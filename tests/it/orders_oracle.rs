@@ -173,4 +173,22 @@ fn the_bundled_sample_matches_the_oracle() {
     assert_v1_eq(&read_v1(&dir.join("v1.parquet")), &v1);
     assert_eq!(read_v2(&dir.join("v2.parquet")), v2);
     assert_eq!(report.events as usize, lines.len());
+    // The report counts the sample's transactions, each once.
+    let mut txns = std::collections::BTreeMap::<String, u64>::new();
+    for line in &lines {
+        let event: serde_json::Value = serde_json::from_str(line).expect("json");
+        if let (Some(lsid), Some(n)) = (event.get("lsid"), event.get("txnNumber")) {
+            *txns.entry(format!("{lsid}/{n}")).or_default() += 1;
+        }
+    }
+    assert!(txns.len() > 10);
+    assert_eq!(report.transactions.transactions, txns.len() as u64);
+    assert_eq!(
+        report.transactions.transaction_events,
+        txns.values().sum::<u64>()
+    );
+    assert_eq!(
+        report.transactions.largest_transaction,
+        txns.values().copied().max().unwrap_or(0)
+    );
 }

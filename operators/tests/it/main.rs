@@ -1,4 +1,6 @@
 //! Operator tests against the sequential reference model of `changeflow-testkit`.
 
 mod documents_oracle;
+mod pipeline_evaluators;
+mod transactions_oracle;
 mod views_oracle;

@@ -1,0 +1,473 @@
+//! Pipeline views against an independent evaluator.
+//!
+//! Every pipeline of the corpus (`operators/tests/pipelines/corpus.jsonl`) runs as an
+//! incremental view over a generated change stream; at several closed times its contents are
+//! compared with mongomock's `aggregate` over the reference model's documents at that time
+//! (`operators/tests/pipelines/mongomock_eval.py`). Two streams: the orders workload (nested
+//! item arrays, removed fields, updates without `fullDocument`) and a "mixed" collection of
+//! nulls, missing fields and int32 / int64 / double / Decimal128 values of one field.
+//!
+//! Documents are compared by MongoDB's value equality after sorting their fields (evaluators
+//! differ on field order after `$project`; see `normalize`), as multisets, or in order for
+//! pipelines marked `"ordered"`. Known evaluator deviations, decided by the MongoDB manual, are
+//! listed in [`MONGOMOCK_DEVIATIONS`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bson::{Bson, Document as BsonDoc, doc};
+use changeflow_core::{ChangeEvent, ClusterTime};
+use changeflow_operators::documents::{DocumentStats, document_state};
+use changeflow_operators::mql::compare::Key;
+use changeflow_operators::pipeline::compile::{PipelineView, Pos};
+use changeflow_sources::memory::from_events;
+use changeflow_testkit::orders::{OrdersConfig, OrdersWorkload};
+use changeflow_testkit::reference::ReferenceModel;
+
+/// Pipelines where mongomock disagrees with the MongoDB manual; changeflow follows the manual.
+/// Each entry: corpus name, and the manual page that decides.
+const MONGOMOCK_DEVIATIONS: &[(&str, &str)] = &[
+    // mongomock evaluates `{$not: [expr]}` as the negation of the (non-empty) array: always false.
+    (
+        "project-bool",
+        "https://www.mongodb.com/docs/manual/reference/operator/aggregation/not/",
+    ),
+];
+
+/// Pipelines where mingo disagrees with the MongoDB manual (or cannot represent the values:
+/// JavaScript has one number type), decided as above.
+const MINGO_DEVIATIONS: &[(&str, &str)] = &[
+    // mingo rounds twice ($round of 31.47 to 0 places gives 32); the manual rounds once, half
+    // to even.
+    (
+        "project-round",
+        "https://www.mongodb.com/docs/manual/reference/operator/aggregation/round/",
+    ),
+    // mingo adds null to the set for a missing value; MongoDB skips missing values (as $push).
+    (
+        "group-addtoset",
+        "https://www.mongodb.com/docs/manual/reference/operator/aggregation/addToSet/",
+    ),
+    // JavaScript has one number type: a Decimal128 or int64 reports as double or int.
+    (
+        "project-type",
+        "https://www.mongodb.com/docs/manual/reference/operator/aggregation/type/",
+    ),
+];
+
+struct Case {
+    name: String,
+    ns: String,
+    pipeline: Vec<BsonDoc>,
+    ordered: bool,
+    sort_arrays: bool,
+}
+
+fn corpus() -> Vec<Case> {
+    let text = include_str!("../pipelines/corpus.jsonl");
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let mut bytes = Vec::new();
+            changeflow_core::extjson::transcode(line.as_bytes(), &mut bytes).expect("corpus line");
+            let d = BsonDoc::from_reader(&bytes[..]).expect("bson");
+            Case {
+                name: d.get_str("name").expect("name").into(),
+                ns: d.get_str("ns").expect("ns").into(),
+                pipeline: d
+                    .get_array("pipeline")
+                    .expect("pipeline")
+                    .iter()
+                    .map(|s| s.as_document().expect("stage").clone())
+                    .collect(),
+                ordered: d.get_bool("ordered").unwrap_or(false),
+                sort_arrays: d.get_bool("sort_arrays").unwrap_or(false),
+            }
+        })
+        .collect()
+}
+
+/// A change stream of `shop.mixed`: awkward values for one field, inserted, updated, deleted.
+fn mixed_events(start: u32) -> Vec<BsonDoc> {
+    let values = [
+        Bson::Int32(2),
+        Bson::Int64(2),
+        Bson::Double(2.0),
+        Bson::Decimal128("2.0".parse().expect("decimal")),
+        Bson::Double(2.5),
+        Bson::Decimal128("2.5".parse().expect("decimal")),
+        Bson::Int32(-7),
+        Bson::Null,
+        Bson::String("2".into()),
+        Bson::Double(0.1),
+        Bson::Int64(1 << 40),
+    ];
+    let tags: [Bson; 5] = [
+        bson::bson!(["a", "b"]),
+        bson::bson!([]),
+        Bson::Null,
+        bson::bson!(["c"]),
+        bson::bson!("a"),
+    ];
+    let mut events = Vec::new();
+    let mut t = start;
+    let event = |t: u32, op: &str, id: i32, extra: BsonDoc| {
+        let mut e = doc! {
+            "_id": { "_data": format!("82{t:08X}0000000104") },
+            "operationType": op,
+            "clusterTime": bson::Timestamp { time: t, increment: 1 },
+            "ns": { "db": "shop", "coll": "mixed" },
+            "documentKey": { "_id": id },
+        };
+        e.extend(extra);
+        e
+    };
+    for id in 0..30i32 {
+        t += 1;
+        let mut d = doc! { "_id": id, "k": id % 4 };
+        if id % 5 != 3 {
+            d.insert("v", values[id as usize % values.len()].clone());
+        }
+        if id % 3 != 2 {
+            d.insert("tags", tags[id as usize % tags.len()].clone());
+        }
+        if id % 4 == 1 {
+            d.insert("sub", doc! { "x": id });
+        }
+        events.push(event(t, "insert", id, doc! { "fullDocument": d }));
+    }
+    for id in (0..30i32).step_by(4) {
+        t += 1;
+        let v = values[(id as usize + 3) % values.len()].clone();
+        events.push(event(
+            t,
+            "update",
+            id,
+            doc! { "updateDescription": { "updatedFields": { "v": v }, "removedFields": [], "truncatedArrays": [] } },
+        ));
+    }
+    for id in (1..30i32).step_by(7) {
+        t += 1;
+        events.push(event(t, "delete", id, doc! {}));
+    }
+    events
+}
+
+type Seen = Vec<Vec<((Pos, changeflow_core::Document), ClusterTime, isize)>>;
+
+fn run_views(events: Vec<ChangeEvent>, views: Vec<PipelineView>) -> Seen {
+    let seen: Arc<Mutex<Seen>> = Arc::new(Mutex::new(vec![Vec::new(); views.len()]));
+    let sink = Arc::clone(&seen);
+    timely::execute(timely::Config::process(2), move |worker| {
+        let (events, views, sink) = (events.clone(), views.clone(), Arc::clone(&sink));
+        worker.dataflow::<ClusterTime, _, _>(|scope| {
+            let documents = document_state(from_events(scope, events), DocumentStats::new());
+            for (i, view) in views.iter().enumerate() {
+                let sink = Arc::clone(&sink);
+                view.build(documents.clone())
+                    .inspect(move |u| sink.lock().expect("lock")[i].push(u.clone()));
+            }
+        });
+    })
+    .expect("timely")
+    .join();
+    Arc::try_unwrap(seen)
+        .unwrap_or_else(|_| panic!("done"))
+        .into_inner()
+        .expect("lock")
+}
+
+/// The view's rows at `time`, in `Pos` order (MongoDB's output order).
+fn rows_at(
+    updates: &[((Pos, changeflow_core::Document), ClusterTime, isize)],
+    time: ClusterTime,
+) -> Vec<BsonDoc> {
+    let mut acc: BTreeMap<(Pos, changeflow_core::Document), isize> = BTreeMap::new();
+    for (row, t, d) in updates {
+        if *t <= time {
+            *acc.entry(row.clone()).or_default() += d;
+        }
+    }
+    let mut out = Vec::new();
+    for ((_, doc), n) in acc {
+        assert!(n >= 0, "negative multiplicity");
+        for _ in 0..n {
+            out.push(BsonDoc::from_reader(doc.as_bytes()).expect("row"));
+        }
+    }
+    out
+}
+
+/// Fields sorted recursively (and arrays too, when the case says their order is unspecified).
+fn normalize(value: &Bson, sort_arrays: bool) -> Bson {
+    match value {
+        Bson::Document(d) => {
+            let mut fields: Vec<(String, Bson)> = d
+                .iter()
+                .map(|(k, v)| (k.clone(), normalize(v, sort_arrays)))
+                .collect();
+            fields.sort_by(|a, b| a.0.cmp(&b.0));
+            Bson::Document(fields.into_iter().collect())
+        }
+        Bson::Array(items) => {
+            let mut items: Vec<Bson> = items.iter().map(|v| normalize(v, sort_arrays)).collect();
+            if sort_arrays {
+                items.sort_by(changeflow_operators::mql::compare::compare);
+            }
+            Bson::Array(items)
+        }
+        other => other.clone(),
+    }
+}
+
+fn same(ours: &[BsonDoc], theirs: &[BsonDoc], case: &Case) -> bool {
+    let key = |d: &BsonDoc| Key::new(normalize(&Bson::Document(d.clone()), case.sort_arrays));
+    let mut a: Vec<Key> = ours.iter().map(key).collect();
+    let mut b: Vec<Key> = theirs.iter().map(key).collect();
+    if !case.ordered {
+        a.sort();
+        b.sort();
+    }
+    a == b
+}
+
+/// The first row that differs, from each side (after normalizing and ordering).
+fn first_difference(ours: &[BsonDoc], theirs: &[BsonDoc], case: &Case) -> (String, String) {
+    let key = |d: &BsonDoc| Key::new(normalize(&Bson::Document(d.clone()), case.sort_arrays));
+    let mut a: Vec<Key> = ours.iter().map(key).collect();
+    let mut b: Vec<Key> = theirs.iter().map(key).collect();
+    if !case.ordered {
+        a.sort();
+        b.sort();
+    }
+    let show = |k: Option<&Key>| k.map_or("(none)".to_string(), |k| k.0.to_string());
+    let i = a
+        .iter()
+        .zip(&b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    (show(a.get(i)), show(b.get(i)))
+}
+
+/// An independent evaluator run as a child process.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Evaluator {
+    Mongomock,
+    Mingo,
+}
+
+/// Runs every `(dataset, pipeline)` with `evaluator`: one result per run (an array of documents,
+/// or `{error}`), or `None` when the evaluator is not installed (only allowed outside CI).
+fn evaluate(
+    evaluator: Evaluator,
+    datasets: &[Vec<BsonDoc>],
+    runs: &[(usize, &[BsonDoc])],
+) -> Option<Vec<Bson>> {
+    let spec = doc! {
+        "datasets": datasets.iter().map(|docs| Bson::Array(docs.iter().cloned().map(Bson::Document).collect())).collect::<Vec<_>>(),
+        "runs": runs.iter().map(|(i, p)| Bson::Document(doc! { "dataset": *i as i32, "pipeline": p.iter().cloned().map(Bson::Document).collect::<Vec<_>>() })).collect::<Vec<_>>(),
+    };
+    let path = std::env::temp_dir().join(format!("cf-{evaluator:?}-{}.json", std::process::id()));
+    std::fs::write(&path, changeflow_testkit::extjson::to_json(&spec, true)).expect("write spec");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pipelines");
+    let output = match evaluator {
+        Evaluator::Mongomock => std::process::Command::new("python3")
+            .arg(format!("{dir}/mongomock_eval.py"))
+            .arg(&path)
+            .output(),
+        Evaluator::Mingo => std::process::Command::new("node")
+            .arg(format!("{dir}/mingo_eval.js"))
+            .arg(&path)
+            .env(
+                "MINGO_DIR",
+                std::env::var("MINGO_DIR").unwrap_or_else(|_| {
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../target/mingo").into()
+                }),
+            )
+            .output(),
+    };
+    let _ = std::fs::remove_file(&path);
+    match output {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8(out.stdout).expect("utf-8");
+            let wrapped = format!("{{\"r\": {text}}}");
+            let mut bytes = Vec::new();
+            changeflow_core::extjson::transcode(wrapped.as_bytes(), &mut bytes)
+                .expect("evaluator output is Extended JSON");
+            let doc = BsonDoc::from_reader(&bytes[..]).expect("bson");
+            Some(doc.get_array("r").expect("array").clone())
+        }
+        other => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "{evaluator:?} must be installed in CI (.ci/run installs it): {other:?}"
+            );
+            eprintln!("{evaluator:?} not available: skipping its comparison");
+            None
+        }
+    }
+}
+
+#[test]
+fn corpus_matches_mongomock_at_several_closed_times() {
+    let mut events: Vec<BsonDoc> = OrdersWorkload::new(OrdersConfig {
+        seed: 42,
+        events: 600,
+        ..OrdersConfig::default()
+    })
+    .map(|line| changeflow_testkit::reference::parse_json_line(&line).expect("line"))
+    .collect();
+    let last = events
+        .last()
+        .and_then(|e| e.get_timestamp("clusterTime").ok())
+        .expect("time");
+    events.extend(mixed_events(last.time + 1));
+
+    // Closed times to compare at: a third, two thirds and the end of the stream.
+    let times: Vec<bson::Timestamp> = [events.len() / 3, 2 * events.len() / 3, events.len() - 1]
+        .iter()
+        .map(|&i| events[i].get_timestamp("clusterTime").expect("time"))
+        .collect();
+    let mut datasets: Vec<Vec<BsonDoc>> = Vec::new();
+    let mut model = ReferenceModel::new();
+    let mut applied = 0;
+    for time in &times {
+        while applied < events.len()
+            && events[applied].get_timestamp("clusterTime").expect("time") <= *time
+        {
+            model.apply(&events[applied]).expect("reference");
+            applied += 1;
+        }
+        for ns in ["shop.orders", "shop.mixed"] {
+            let mut docs: Vec<BsonDoc> = model
+                .documents()
+                .iter()
+                .filter(|((n, _), _)| n == ns)
+                .map(|(_, d)| d.clone())
+                .collect();
+            // Natural order = `_id` order, as changeflow orders inputs without a $sort.
+            docs.sort_by(|a, b| {
+                Key::new(a.get("_id").cloned().unwrap_or(Bson::Null))
+                    .cmp(&Key::new(b.get("_id").cloned().unwrap_or(Bson::Null)))
+            });
+            datasets.push(docs);
+        }
+    }
+
+    let cases = corpus();
+    assert!(
+        cases.len() >= 80,
+        "the corpus has {} pipelines",
+        cases.len()
+    );
+    let views: Vec<PipelineView> = cases
+        .iter()
+        .map(|c| {
+            PipelineView::from_documents(&format!("shop.{}", c.ns), &c.pipeline)
+                .unwrap_or_else(|e| panic!("{}: {e}", c.name))
+        })
+        .collect();
+    let decoded: Vec<ChangeEvent> = events
+        .iter()
+        .map(|e| ChangeEvent::from_bson(e.to_vec().expect("encode")).expect("decode"))
+        .collect();
+    let seen = run_views(decoded, views.clone());
+
+    let mut runs = Vec::new();
+    for case in &cases {
+        for t in 0..times.len() {
+            let dataset = 2 * t + usize::from(case.ns == "mixed");
+            runs.push((dataset, case.pipeline.as_slice()));
+        }
+    }
+    let mongomock = evaluate(Evaluator::Mongomock, &datasets, &runs);
+    let mingo = evaluate(Evaluator::Mingo, &datasets, &runs);
+    let mut failures = Vec::new();
+    let mut agreed = [0usize; 2];
+    let mut run = 0;
+    for (c, case) in cases.iter().enumerate() {
+        assert_eq!(
+            views[c].stats().errors(),
+            0,
+            "{}: {:?}",
+            case.name,
+            views[c].stats().first_error()
+        );
+        for (t, time) in times.iter().enumerate() {
+            let ours = rows_at(&seen[c], ClusterTime::new(time.time, time.increment));
+            // Per evaluator: Some(true) agrees, Some(false) differs, None could not evaluate.
+            let mut verdicts = Vec::new();
+            for (e, results) in [
+                (Evaluator::Mongomock, &mongomock),
+                (Evaluator::Mingo, &mingo),
+            ] {
+                let Some(results) = results else {
+                    verdicts.push((e, None, String::new()));
+                    continue;
+                };
+                match &results[run] {
+                    Bson::Array(items) => {
+                        let theirs: Vec<BsonDoc> = items
+                            .iter()
+                            .map(|d| d.as_document().expect("doc").clone())
+                            .collect();
+                        let (a, b) = first_difference(&ours, &theirs, case);
+                        let detail = format!(
+                            "changeflow ({} rows): {a}\n    {e:?} ({} rows): {b}",
+                            ours.len(),
+                            theirs.len()
+                        );
+                        verdicts.push((e, Some(same(&ours, &theirs, case)), detail));
+                    }
+                    other => verdicts.push((e, None, format!("{e:?} failed: {other}"))),
+                }
+            }
+            run += 1;
+            for (i, (_, verdict, _)) in verdicts.iter().enumerate() {
+                agreed[i] += usize::from(*verdict == Some(true));
+            }
+            let deviation = |e: Evaluator| {
+                let list = match e {
+                    Evaluator::Mongomock => MONGOMOCK_DEVIATIONS,
+                    Evaluator::Mingo => MINGO_DEVIATIONS,
+                };
+                list.iter().any(|(n, _)| *n == case.name)
+            };
+            // Agreeing with one evaluator is enough when the other cannot evaluate the case or
+            // is recorded as deviating from the manual; agreeing with none is a failure, unless
+            // the only answers are recorded deviations (the manual decided, and a unit test of
+            // the operator pins changeflow's behaviour).
+            let no_wrong = verdicts
+                .iter()
+                .all(|(e, v, _)| *v != Some(false) || deviation(*e));
+            let agreed_once = verdicts.iter().any(|(_, v, _)| *v == Some(true));
+            let decided_by_manual = verdicts
+                .iter()
+                .any(|(e, v, _)| *v == Some(false) && deviation(*e));
+            let ok = no_wrong && (agreed_once || decided_by_manual);
+            let nobody = verdicts.iter().all(|(_, v, _)| v.is_none());
+            if !ok && !nobody {
+                failures.push(format!(
+                    "{} at time {t}: {}\n  {}",
+                    case.name,
+                    Bson::Array(case.pipeline.iter().cloned().map(Bson::Document).collect()),
+                    verdicts
+                        .iter()
+                        .map(|(_, _, d)| d.as_str())
+                        .collect::<Vec<_>>()
+                        .join("\n  "),
+                ));
+            }
+        }
+    }
+    eprintln!(
+        "agreement: mongomock {} / {run}, mingo {} / {run}",
+        agreed[0], agreed[1]
+    );
+    assert!(
+        failures.is_empty(),
+        "{} disagreements:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

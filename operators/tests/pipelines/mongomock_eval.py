@@ -1,0 +1,27 @@
+"""Runs aggregation pipelines with mongomock (an independent evaluator) for changeflow's tests.
+
+Input (argv[1]): canonical Extended JSON {"datasets": [[doc, ...], ...],
+                                           "runs": [{"dataset": i, "pipeline": [...]}, ...]}.
+Output (stdout): one canonical Extended JSON array per run, in order: the results, or
+{"error": "..."} when mongomock raises.
+"""
+import sys
+
+import mongomock
+from bson import json_util
+
+spec = json_util.loads(open(sys.argv[1]).read())
+client = mongomock.MongoClient()
+collections = []
+for i, docs in enumerate(spec["datasets"]):
+    c = client.db[f"d{i}"]
+    if docs:
+        c.insert_many(docs)
+    collections.append(c)
+out = []
+for run in spec["runs"]:
+    try:
+        out.append(list(collections[run["dataset"]].aggregate(run["pipeline"])))
+    except Exception as e:  # noqa: BLE001 - reported to the test, which decides
+        out.append({"error": f"{type(e).__name__}: {e}"})
+print(json_util.dumps(out, json_options=json_util.CANONICAL_JSON_OPTIONS))
