@@ -37,4 +37,5 @@ pub mod schema;
 
 pub use rows::{
     changelog_schema_of, changes_to_batch, column_type, data_type, rows_to_batch, schema_of,
+    snapshot_to_batch,
 };

@@ -164,6 +164,28 @@ pub fn rows_to_batch(schema: &SchemaRef, rows: &[Vec<Value>]) -> Result<RecordBa
     RecordBatch::try_new(Arc::clone(schema), columns)
 }
 
+/// A snapshot batch of a whole view on demand: each row of `rows` (as a
+/// [`ViewHandle`](changeflow_operators::handle::ViewHandle) snapshot gives them) repeated as
+/// many times as its multiplicity.
+///
+/// ```
+/// use changeflow_operators::value::{Value, ValueType};
+/// use changeflow_sinks::arrow::{schema_of, snapshot_to_batch};
+/// let schema = schema_of(&[("n".into(), ValueType::Int64)]);
+/// let batch = snapshot_to_batch(&schema, &[(vec![Value::Int(1)], 2), (vec![Value::Int(5)], 1)]).unwrap();
+/// assert_eq!(batch.num_rows(), 3);
+/// ```
+pub fn snapshot_to_batch(
+    schema: &SchemaRef,
+    rows: &[(Vec<Value>, isize)],
+) -> Result<RecordBatch, ArrowError> {
+    let expanded: Vec<Vec<Value>> = rows
+        .iter()
+        .flat_map(|(row, n)| std::iter::repeat_n(row.clone(), (*n).max(0) as usize))
+        .collect();
+    rows_to_batch(schema, &expanded)
+}
+
 /// A changelog batch: `changes` at `time` with `_time` and `_diff` columns (`schema` from
 /// [`changelog_schema_of`]).
 pub fn changes_to_batch(
