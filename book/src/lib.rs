@@ -25,3 +25,5 @@ pub mod views {}
 pub mod pipelines {}
 #[doc = include_str!("output.md")]
 pub mod output {}
+#[doc = include_str!("arrow-output.md")]
+pub mod arrow_output {}

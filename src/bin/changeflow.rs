@@ -48,6 +48,8 @@ enum Command {
         #[arg(long)]
         idle_timeout: Option<f64>,
     },
+    /// Write shop.orders (live and changelog) and V1's changelog as rolling Parquet files
+    OrdersToParquet(changeflow::jobs::orders_to_parquet::Args),
     /// Write a seeded, realistic change stream of the `shop.orders` collection
     Generate {
         /// Number of change events
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
             max_events,
             idle_timeout,
         } => record(uri, db, coll, out, max_events, idle_timeout),
+        Command::OrdersToParquet(args) => changeflow::jobs::orders_to_parquet::main_with(args),
         Command::Generate {
             events,
             seed,

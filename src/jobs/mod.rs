@@ -4,3 +4,31 @@
 pub mod bank_transfers;
 pub mod orders_by_region;
 pub mod pipeline_view;
+pub mod orders_to_parquet;
+
+use std::sync::Arc;
+
+use changeflow_sources::status::SourceStatus;
+
+use crate::runtime;
+use orders_by_region::JobError;
+
+/// Runs `worker_job` on `workers` workers until every input ends, then reports the source's
+/// error if it stopped on one, else the first worker's failure.
+pub(crate) fn run_to_end<F>(
+    workers: usize,
+    status: &Arc<SourceStatus>,
+    worker_job: F,
+) -> Result<(), JobError>
+where
+    F: Fn(&mut timely::worker::Worker) -> Result<(), String> + Send + Sync + 'static,
+{
+    let results = runtime::execute(workers, worker_job).map_err(JobError::Dataflow)?;
+    if let Some(error) = runtime::take_source_error(std::slice::from_ref(status)) {
+        return Err(error.into());
+    }
+    match results.into_iter().find_map(Result::err) {
+        Some(e) => Err(JobError::Dataflow(e)),
+        None => Ok(()),
+    }
+}

@@ -133,3 +133,58 @@ pub fn pyarrow_rows(path: &Path) -> Option<Vec<serde_json::Value>> {
         }
     }
 }
+
+/// Reads `paths` (format `parquet`, `ipc_file` or `ipc_stream`) with pyarrow and DuckDB through
+/// `tests/it/read_arrow.py`, as JSON (see the script), or `None` when pyarrow or DuckDB is not
+/// installed outside CI. Under CI (`CI=true`) a missing module fails; a failing read always does.
+pub fn read_with_python(
+    format: &str,
+    paths: &[PathBuf],
+    sql: Option<&str>,
+) -> Option<serde_json::Value> {
+    read_with(format, paths, sql, true)
+}
+
+/// [`read_with_python`] with pyarrow alone (DuckDB cannot import dense unions).
+pub fn read_with_pyarrow(format: &str, paths: &[PathBuf]) -> Option<serde_json::Value> {
+    read_with(format, paths, None, false)
+}
+
+fn read_with(
+    format: &str,
+    paths: &[PathBuf],
+    sql: Option<&str>,
+    duckdb: bool,
+) -> Option<serde_json::Value> {
+    let probe = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import pyarrow, duckdb")
+        .output();
+    if !matches!(&probe, Ok(out) if out.status.success()) {
+        assert!(
+            std::env::var("CI").is_err(),
+            "pyarrow and duckdb must be installed in CI (.ci/run installs them): {probe:?}"
+        );
+        eprintln!("pyarrow or duckdb not available: skipping the independent-reader check");
+        return None;
+    }
+    let mut command = std::process::Command::new("python3");
+    command
+        .arg("-c")
+        .arg(include_str!("read_arrow.py"))
+        .arg(format)
+        .args(paths);
+    if let Some(sql) = sql {
+        command.arg("--sql").arg(sql);
+    }
+    if !duckdb {
+        command.arg("--no-duckdb");
+    }
+    let out = command.output().expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "pyarrow / DuckDB could not read {paths:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).expect("the reader prints JSON"))
+}

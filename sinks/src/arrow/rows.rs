@@ -1,4 +1,4 @@
-//! View rows as Arrow record batches.
+//! View rows (typed [`Value`]s) as Arrow record batches.
 //!
 //! | view column type | Arrow type |
 //! |---|---|
@@ -7,7 +7,7 @@
 //! | `String` | `Utf8` |
 //! | `Bool` | `Boolean` |
 //! | `DateTime` | `Timestamp(Millisecond, "UTC")` |
-//! | `ObjectId` | `FixedSizeBinary(12)` |
+//! | `ObjectId` | `FixedSizeBinary(12)` (`changeflow.bson.objectid`) |
 //!
 //! [`Value::Null`] becomes an Arrow null. A changelog batch adds `_time` (`UInt64`, the packed
 //! cluster time) and `_diff` (`Int64`).
@@ -29,19 +29,27 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use super::changelog_batches::{diff_field, time_field};
+use super::mapping::ColumnType;
 use changeflow_core::ClusterTime;
 use changeflow_operators::value::{Value, ValueType};
 
+/// The column type of a view column type (see [`crate::arrow::mapping`]).
+pub fn column_type(ty: ValueType) -> ColumnType {
+    match ty {
+        ValueType::Int64 => ColumnType::Int64,
+        ValueType::Double => ColumnType::Double,
+        ValueType::String => ColumnType::String,
+        ValueType::Bool => ColumnType::Bool,
+        ValueType::DateTime => ColumnType::DateTime,
+        ValueType::ObjectId => ColumnType::ObjectId,
+    }
+}
+
 /// The Arrow type of a view column type.
 pub fn data_type(ty: ValueType) -> DataType {
-    match ty {
-        ValueType::Int64 => DataType::Int64,
-        ValueType::Double => DataType::Float64,
-        ValueType::String => DataType::Utf8,
-        ValueType::Bool => DataType::Boolean,
-        ValueType::DateTime => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-        ValueType::ObjectId => DataType::FixedSizeBinary(12),
-    }
+    column_type(ty).data_type()
 }
 
 /// The Arrow schema of a view's columns (all nullable).
@@ -49,7 +57,7 @@ pub fn schema_of(columns: &[(String, ValueType)]) -> SchemaRef {
     Arc::new(Schema::new(
         columns
             .iter()
-            .map(|(name, ty)| Field::new(name, data_type(*ty), true))
+            .map(|(name, ty)| column_type(*ty).field(name))
             .collect::<Vec<_>>(),
     ))
 }
@@ -61,8 +69,8 @@ pub fn changelog_schema_of(columns: &[(String, ValueType)]) -> SchemaRef {
         .iter()
         .map(|f| f.as_ref().clone())
         .collect();
-    fields.push(Field::new("_time", DataType::UInt64, false));
-    fields.push(Field::new("_diff", DataType::Int64, false));
+    fields.push(time_field());
+    fields.push(diff_field());
     Arc::new(Schema::new(fields))
 }
 
@@ -154,6 +162,28 @@ pub fn rows_to_batch(schema: &SchemaRef, rows: &[Vec<Value>]) -> Result<RecordBa
         .map(|(i, f)| column(f.data_type(), &mut rows.iter().map(|r| &r[i])))
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(Arc::clone(schema), columns)
+}
+
+/// A snapshot batch of a whole view on demand: each row of `rows` (as a
+/// [`ViewHandle`](changeflow_operators::handle::ViewHandle) snapshot gives them) repeated as
+/// many times as its multiplicity.
+///
+/// ```
+/// use changeflow_operators::value::{Value, ValueType};
+/// use changeflow_sinks::arrow::{schema_of, snapshot_to_batch};
+/// let schema = schema_of(&[("n".into(), ValueType::Int64)]);
+/// let batch = snapshot_to_batch(&schema, &[(vec![Value::Int(1)], 2), (vec![Value::Int(5)], 1)]).unwrap();
+/// assert_eq!(batch.num_rows(), 3);
+/// ```
+pub fn snapshot_to_batch(
+    schema: &SchemaRef,
+    rows: &[(Vec<Value>, isize)],
+) -> Result<RecordBatch, ArrowError> {
+    let expanded: Vec<Vec<Value>> = rows
+        .iter()
+        .flat_map(|(row, n)| std::iter::repeat_n(row.clone(), (*n).max(0) as usize))
+        .collect();
+    rows_to_batch(schema, &expanded)
 }
 
 /// A changelog batch: `changes` at `time` with `_time` and `_diff` columns (`schema` from

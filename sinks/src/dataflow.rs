@@ -1,0 +1,212 @@
+//! Writers attached to a dataflow: a view's or a document collection's changes, time by time.
+//!
+//! ```text
+//!   view / documents ──on_closed_times (worker 0)──▶ (t, changes of t) ──▶ batches ──▶ BatchWriter
+//!                    ──closed frontier moves──────────────────────────────────────▶ commit(frontier)
+//!                    ──input ends─────────────────────────────────────────────────▶ commit(None)
+//! ```
+//!
+//! [`ArrowSink::attach_view`] and [`ArrowSink::attach_documents`] are called on every worker
+//! (like [`ViewHandle::attach`](changeflow_operators::handle::ViewHandle::attach)); only worker
+//! 0 receives the changes and writes, so writers that open files lazily (all of this crate's)
+//! leave nothing behind on the others.
+//!
+//! # Progress tracking
+//!
+//! A time's batch is written when the time closes; a commit follows every move of the closed
+//! frontier, after the batches of every earlier time. So a file's `changeflow.frontier` never
+//! claims a time whose changes are not in it or an earlier file. The first error stops the
+//! sink (later changes are dropped, the error is kept for [`ArrowSink::result`]).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use changeflow_core::ClusterTime;
+use changeflow_operators::documents::Documents;
+use changeflow_operators::handle::on_closed_times;
+use changeflow_operators::value::ValueType;
+use changeflow_operators::views::View;
+
+use crate::SinkError;
+use crate::arrow::changelog_batches::document_changes;
+use crate::arrow::documents::{BatchStats, DocumentBatcher};
+use crate::arrow::schema::SchemaSource;
+use crate::arrow::{changelog_schema_of, changes_to_batch};
+use crate::writer::BatchWriter;
+
+#[derive(Default)]
+struct State {
+    error: Option<SinkError>,
+    stats: BatchStats,
+    rows: u64,
+    batches: u64,
+    frontier: Option<Option<ClusterTime>>,
+    files: Vec<PathBuf>,
+}
+
+/// The shared state of a sink attached to a dataflow: errors, counts, files, frontier.
+///
+/// ```
+/// use changeflow_core::ClusterTime;
+/// use changeflow_operators::value::{Value, ValueType};
+/// use changeflow_sinks::callback::{CallbackWriter, Delivery};
+/// use changeflow_sinks::dataflow::ArrowSink;
+/// use differential_dataflow::input::Input;
+/// let sink = ArrowSink::new();
+/// let handle = sink.clone();
+/// timely::execute_directly(move |worker| {
+///     let mut input = worker.dataflow::<ClusterTime, _, _>(|scope| {
+///         let (input, rows) = scope.new_collection::<Vec<Value>, isize>();
+///         let writer = CallbackWriter::new(|_: Delivery<'_>| Ok(()));
+///         handle.attach_view(rows, &[("n".to_string(), ValueType::Int64)], writer);
+///         input
+///     });
+///     input.advance_to(ClusterTime::new(1, 0));
+///     input.insert(vec![Value::Int(4)]);
+/// });
+/// assert_eq!(sink.rows(), 1);
+/// assert_eq!(sink.frontier(), Some(None));
+/// assert!(sink.result().is_ok());
+/// ```
+#[derive(Clone, Default)]
+pub struct ArrowSink {
+    state: Arc<Mutex<State>>,
+}
+
+impl ArrowSink {
+    /// A sink not attached yet.
+    pub fn new() -> ArrowSink {
+        ArrowSink::default()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> Option<R> {
+        self.state.lock().ok().map(|mut s| f(&mut s))
+    }
+
+    /// Writes `view`'s changes (columns `columns`) at each closed time to `writer`, with `_time`
+    /// and `_diff`. Call on every worker.
+    pub fn attach_view<'scope, W: BatchWriter + 'static>(
+        &self,
+        view: View<'scope>,
+        columns: &[(String, ValueType)],
+        writer: W,
+    ) {
+        let schema = changelog_schema_of(columns);
+        let writer = Arc::new(Mutex::new(writer));
+        let (sink, sink2, writer2) = (self.clone(), self.clone(), Arc::clone(&writer));
+        on_closed_times(
+            view,
+            move |time, changes| {
+                sink.step(&writer, |w| {
+                    let batch = changes_to_batch(&schema, time, changes)?;
+                    w.write(&batch)?;
+                    Ok((batch.num_rows() as u64, None))
+                })
+            },
+            move |frontier| sink2.commit(&writer2, frontier),
+        );
+    }
+
+    /// Writes the changes of `namespace`'s documents in `documents` at each closed time to
+    /// `writer`: the documents as rows (schema from `source`), with `_time` and `_diff`. Call on
+    /// every worker.
+    pub fn attach_documents<'scope, W: BatchWriter + 'static>(
+        &self,
+        documents: Documents<'scope>,
+        namespace: &str,
+        source: SchemaSource,
+        writer: W,
+    ) {
+        let ns: Arc<str> = namespace.into();
+        let documents = documents.filter(move |(key, _)| key.ns() == &*ns);
+        let writer = Arc::new(Mutex::new(writer));
+        let (sink, sink2, writer2) = (self.clone(), self.clone(), Arc::clone(&writer));
+        let mut batcher = DocumentBatcher::changelog(source);
+        on_closed_times(
+            documents,
+            move |time, changes| {
+                sink.step(&writer, |w| {
+                    let mut rows = 0;
+                    for batch in document_changes(&mut batcher, time, changes)? {
+                        rows += batch.num_rows() as u64;
+                        w.write(&batch)?;
+                    }
+                    Ok((rows, Some(batcher.stats())))
+                })
+            },
+            move |frontier| sink2.commit(&writer2, frontier),
+        );
+    }
+
+    fn step<W: BatchWriter>(
+        &self,
+        writer: &Mutex<W>,
+        f: impl FnOnce(&mut W) -> Result<(u64, Option<BatchStats>), SinkError>,
+    ) {
+        if self.with(|s| s.error.is_some()).unwrap_or(true) {
+            return;
+        }
+        let Ok(mut w) = writer.lock() else { return };
+        let result = f(&mut w);
+        self.with(|s| match result {
+            Ok((rows, stats)) => {
+                s.rows += rows;
+                s.batches += 1;
+                if let Some(stats) = stats {
+                    s.stats = stats;
+                }
+            }
+            Err(e) => s.error = Some(e),
+        });
+    }
+
+    fn commit<W: BatchWriter>(&self, writer: &Mutex<W>, frontier: Option<ClusterTime>) {
+        if self.with(|s| s.error.is_some()).unwrap_or(true) {
+            return;
+        }
+        let Ok(mut w) = writer.lock() else { return };
+        let result = w.commit(frontier);
+        let files = w.files();
+        self.with(|s| {
+            s.files = files;
+            s.frontier = Some(frontier);
+            if let Err(e) = result {
+                s.error = Some(e);
+            }
+        });
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.with(|s| s.rows).unwrap_or(0)
+    }
+
+    /// Batches written so far.
+    pub fn batches(&self) -> u64 {
+        self.with(|s| s.batches).unwrap_or(0)
+    }
+
+    /// The conversion counts of a document sink (fallbacks, schema changes).
+    pub fn stats(&self) -> BatchStats {
+        self.with(|s| s.stats).unwrap_or_default()
+    }
+
+    /// The complete files so far.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.with(|s| s.files.clone()).unwrap_or_default()
+    }
+
+    /// The last committed frontier (`Some(None)`: the input ended and the output is final;
+    /// `None`: nothing committed yet).
+    pub fn frontier(&self) -> Option<Option<ClusterTime>> {
+        self.with(|s| s.frontier).unwrap_or(None)
+    }
+
+    /// The sink's first error, if any (taken: a second call returns `Ok`).
+    pub fn result(&self) -> Result<(), SinkError> {
+        match self.with(|s| s.error.take()) {
+            Some(Some(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
