@@ -3,8 +3,8 @@
 
 pub mod bank_transfers;
 pub mod orders_by_region;
-pub mod pipeline_view;
 pub mod orders_to_parquet;
+pub mod pipeline_view;
 
 use std::sync::Arc;
 

@@ -28,16 +28,22 @@ use std::sync::{Arc, Mutex};
 
 use bson::{Bson, Document as BsonDoc};
 use changeflow_core::{ClusterTime, Document};
+use std::collections::HashMap;
+
 use differential_dataflow::VecCollection;
+use differential_dataflow::collection::AsCollection;
 use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
 
 use crate::documents::{DocKey, Documents};
 use crate::mql::compare::Key;
 use crate::mql::expr::EvalError;
 use crate::mql::path::resolve;
 use crate::pipeline::apply::apply_stage;
-use crate::pipeline::group::accumulate;
+use crate::pipeline::group::AccState;
 use crate::pipeline::parse::{Located, PipelineError, Stage, parse_json_pipeline, parse_pipeline};
+use crate::stash::TimeStash;
 
 /// One sort value with its direction.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -313,7 +319,18 @@ fn per_document<'scope>(
     })
 }
 
-/// `$group`: arguments evaluated per document, then one reduce per group key.
+/// One group's running state: its number of inputs and one state per accumulator.
+struct GroupState {
+    /// The group key as first seen: equal keys of other types (`2`, `2.0`) join this group,
+    /// and the output keeps this `_id` while the group exists.
+    rep: Bson,
+    count: i64,
+    accumulators: Vec<AccState>,
+}
+
+/// `$group`: arguments evaluated per document, routed by group key to the worker that keeps
+/// that group's running accumulators; at each closed time a changed group emits its old output
+/// (retracted) and its new one.
 fn group<'scope>(
     input: PipelineCollection<'scope>,
     located: Located,
@@ -326,53 +343,99 @@ fn group<'scope>(
         .iter()
         .map(|a| (a.name.clone(), a.op.clone()))
         .collect();
-    input
-        .flat_map(move |(pos, doc): (Pos, Document)| {
-            let parsed = BsonDoc::from_reader(doc.as_bytes()).ok()?;
-            let evaluated = (|| -> Result<_, EvalError> {
-                let key = id.eval(&parsed)?.unwrap_or(Bson::Null);
-                let mut args: Vec<Option<Key>> = Vec::with_capacity(accumulators.len());
-                for a in &accumulators {
-                    args.push(a.arg.eval(&parsed)?.map(Key::new));
+    let contributions = input.flat_map(move |(pos, doc): (Pos, Document)| {
+        let parsed = BsonDoc::from_reader(doc.as_bytes()).ok()?;
+        let evaluated = (|| -> Result<_, EvalError> {
+            let key = id.eval(&parsed)?.unwrap_or(Bson::Null);
+            let mut args: Vec<Option<Key>> = Vec::with_capacity(accumulators.len());
+            for a in &accumulators {
+                args.push(a.arg.eval(&parsed)?.map(Key::new));
+            }
+            Ok((Key::new(key), args))
+        })();
+        match evaluated {
+            Ok((key, args)) => Some((key, pos, args)),
+            Err(e) => {
+                stats.record(&pos.id, &located, &e);
+                None
+            }
+        }
+    });
+    type Contribution = ((Key, Pos, Vec<Option<Key>>), ClusterTime, isize);
+    contributions
+        .inner
+        .unary_frontier(
+            Exchange::new(|((key, _, _), _, _): &Contribution| crate::documents::hash_of(key)),
+            "PipelineGroup",
+            move |_, _| {
+                let mut stash: TimeStash<((Key, Pos, Vec<Option<Key>>), isize)> = TimeStash::new();
+                let mut groups: HashMap<Key, GroupState> = HashMap::new();
+                let mut before: HashMap<Key, Option<Document>> = HashMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        stash.stash(&cap, 0, data.drain(..).map(|(d, t, r)| (t, (d, r))));
+                    });
+                    let Some(closed) = stash.take_closed(frontier) else {
+                        return;
+                    };
+                    let mut session = output.session(&closed.cap);
+                    let mut records = closed.records.into_iter().peekable();
+                    while let Some(&(time, _)) = records.peek() {
+                        while let Some((_, ((key, pos, args), diff))) =
+                            records.next_if(|(t, _)| *t == time)
+                        {
+                            let state = groups.entry(key.clone()).or_insert_with(|| GroupState {
+                                rep: key.0.clone(),
+                                count: 0,
+                                accumulators: names
+                                    .iter()
+                                    .map(|(_, op)| AccState::new(op))
+                                    .collect(),
+                            });
+                            if !before.contains_key(&key) {
+                                before.insert(key.clone(), group_output(state, &names));
+                            }
+                            state.count += diff as i64;
+                            for (acc, value) in state.accumulators.iter_mut().zip(&args) {
+                                acc.update(&pos, value, diff as i64);
+                            }
+                        }
+                        for (key, old) in before.drain() {
+                            let new = groups.get(&key).and_then(|g| group_output(g, &names));
+                            if groups.get(&key).is_some_and(|g| g.count <= 0) {
+                                groups.remove(&key);
+                            }
+                            if old == new {
+                                continue;
+                            }
+                            let pos = Pos {
+                                sort: Vec::new(),
+                                id: key,
+                                index: Vec::new(),
+                            };
+                            if let Some(old) = old {
+                                session.give(((pos.clone(), old), time, -1));
+                            }
+                            if let Some(new) = new {
+                                session.give(((pos, new), time, 1));
+                            }
+                        }
+                    }
                 }
-                Ok((Key::new(key), args))
-            })();
-            match evaluated {
-                Ok((key, args)) => Some((key, (pos, args))),
-                Err(e) => {
-                    stats.record(&pos.id, &located, &e);
-                    None
-                }
-            }
-        })
-        .reduce(move |key: &Key, input, output| {
-            let mut out = BsonDoc::new();
-            out.insert("_id", key.0.clone());
-            let mut rows: Vec<&Vec<Option<Key>>> = Vec::new();
-            for ((_, args), diff) in input {
-                for _ in 0..(*diff).max(0) {
-                    rows.push(args);
-                }
-            }
-            for (i, (name, op)) in names.iter().enumerate() {
-                let values: Vec<Option<Bson>> = rows
-                    .iter()
-                    .map(|r| r[i].as_ref().map(|k| k.0.clone()))
-                    .collect();
-                out.insert(name.as_str(), accumulate(op, values.iter()));
-            }
-            if let Some(doc) = encode(&out) {
-                output.push((doc, 1isize));
-            }
-        })
-        .map(|(key, doc)| {
-            (
-                Pos {
-                    sort: Vec::new(),
-                    id: key,
-                    index: Vec::new(),
-                },
-                doc,
-            )
-        })
+            },
+        )
+        .as_collection()
+}
+
+/// A group's output document, or `None` when it has no inputs.
+fn group_output(state: &GroupState, names: &[(String, String)]) -> Option<Document> {
+    if state.count <= 0 {
+        return None;
+    }
+    let mut out = BsonDoc::new();
+    out.insert("_id", state.rep.clone());
+    for ((name, op), acc) in names.iter().zip(&state.accumulators) {
+        out.insert(name.as_str(), acc.value(op));
+    }
+    encode(&out)
 }

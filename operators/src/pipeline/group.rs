@@ -77,3 +77,223 @@ pub fn accumulate<'a>(op: &str, values: impl Iterator<Item = &'a Option<Bson>>) 
         _ => Bson::Null,
     }
 }
+
+/// The running state of one accumulator in one group, updated by each input's change (a
+/// document entering with `+n` or leaving with `-n`), so a change costs `O(log group size)`
+/// (plus the size of the output for `$push` / `$addToSet`) instead of a recomputation.
+#[derive(Clone, Debug)]
+pub enum AccState {
+    /// `$sum` / `$avg`: exact integer sum, double-double sum of doubles, exact decimal sum, and
+    /// how many values of each type are in.
+    Sum {
+        /// Sum of int32 / int64 values.
+        ints: i128,
+        /// int64 values in the sum (the result is a long if any).
+        longs: i64,
+        /// Double-double sum of doubles.
+        hi: f64,
+        /// Its low part.
+        lo: f64,
+        /// Doubles in the sum.
+        doubles: i64,
+        /// Exact sum of decimals.
+        decimal: crate::mql::number::Dec,
+        /// Decimals in the sum.
+        decimals: i64,
+        /// NaNs / infinities among the doubles (they do not cancel arithmetically).
+        specials: BTreeMap<u64, i64>,
+        /// Numeric values in the sum (for `$avg`).
+        numeric: i64,
+    },
+    /// `$count`.
+    Count(i64),
+    /// `$min` / `$max`: the multiset of non-null values.
+    Extremes(BTreeMap<Key, i64>),
+    /// `$push` / `$addToSet` / `$first` / `$last`: values in input order (`None`: missing).
+    Ordered(BTreeMap<Pos, (Option<Key>, i64)>),
+}
+
+use std::collections::BTreeMap;
+
+use crate::mql::compare::Key;
+use crate::mql::number::{self, Dec, Num};
+use crate::pipeline::compile::Pos;
+
+impl AccState {
+    /// The empty state for accumulator `op`.
+    pub fn new(op: &str) -> AccState {
+        match op {
+            "$sum" | "$avg" => AccState::Sum {
+                ints: 0,
+                longs: 0,
+                hi: 0.0,
+                lo: 0.0,
+                doubles: 0,
+                decimal: Dec::Finite {
+                    neg: false,
+                    coef: 0,
+                    exp: 0,
+                },
+                decimals: 0,
+                specials: BTreeMap::new(),
+                numeric: 0,
+            },
+            "$count" => AccState::Count(0),
+            "$min" | "$max" => AccState::Extremes(BTreeMap::new()),
+            _ => AccState::Ordered(BTreeMap::new()),
+        }
+    }
+
+    /// Adds (`diff > 0`) or removes (`diff < 0`) one input's value.
+    pub fn update(&mut self, pos: &Pos, value: &Option<Key>, diff: i64) {
+        match self {
+            AccState::Sum {
+                ints,
+                longs,
+                hi,
+                lo,
+                doubles,
+                decimal,
+                decimals,
+                specials,
+                numeric,
+            } => match value.as_ref().and_then(|k| Num::of(&k.0)) {
+                Some(Num::Int(v)) => {
+                    *ints += i128::from(v) * i128::from(diff);
+                    *numeric += diff;
+                }
+                Some(Num::Long(v)) => {
+                    *ints += i128::from(v) * i128::from(diff);
+                    *longs += diff;
+                    *numeric += diff;
+                }
+                Some(Num::Double(x)) if !x.is_finite() => {
+                    *doubles += diff;
+                    *numeric += diff;
+                    let n = specials.entry(x.to_bits()).or_insert(0);
+                    *n += diff;
+                    if *n == 0 {
+                        specials.remove(&x.to_bits());
+                    }
+                }
+                Some(Num::Double(x)) => {
+                    *doubles += diff;
+                    *numeric += diff;
+                    two_sum(hi, lo, x * diff as f64);
+                }
+                Some(n @ Num::Decimal(_)) => {
+                    *decimals += diff;
+                    *numeric += diff;
+                    let d = number::multiply(&n, &Num::Long(diff));
+                    if let Num::Decimal(d) = number::add(&Num::Decimal(*decimal), &d) {
+                        *decimal = d;
+                    }
+                }
+                None => {}
+            },
+            AccState::Count(n) => *n += diff,
+            AccState::Extremes(values) => {
+                if let Some(k) = value
+                    .as_ref()
+                    .filter(|k| !matches!(k.0, Bson::Null | Bson::Undefined))
+                {
+                    let n = values.entry(k.clone()).or_insert(0);
+                    *n += diff;
+                    if *n == 0 {
+                        values.remove(k);
+                    }
+                }
+            }
+            AccState::Ordered(values) => {
+                let entry = values.entry(pos.clone()).or_insert((value.clone(), 0));
+                entry.1 += diff;
+                if entry.1 == 0 {
+                    values.remove(pos);
+                }
+            }
+        }
+    }
+
+    /// The accumulator's value for `op`.
+    pub fn value(&self, op: &str) -> Bson {
+        match self {
+            AccState::Sum {
+                ints,
+                longs,
+                hi,
+                lo,
+                doubles,
+                decimal,
+                decimals,
+                specials,
+                numeric,
+            } => {
+                // NaN and infinities are summed apart: they would not cancel on removal.
+                let special = specials
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(b, _)| f64::from_bits(*b))
+                    .fold(0.0, |a, b| a + b);
+                let float = *hi + *lo + special;
+                let sum = if *decimals > 0 {
+                    let ints = Num::Decimal(Dec::Finite {
+                        neg: *ints < 0,
+                        coef: ints.unsigned_abs(),
+                        exp: 0,
+                    });
+                    let with_ints = number::add(&Num::Decimal(*decimal), &ints);
+                    if *doubles > 0 {
+                        number::add(&with_ints, &Num::Double(float))
+                    } else {
+                        with_ints
+                    }
+                } else if *doubles > 0 {
+                    Num::Double(*ints as f64 + float)
+                } else if let (Ok(v), 0) = (i32::try_from(*ints), *longs) {
+                    Num::Int(v)
+                } else if let Ok(v) = i64::try_from(*ints) {
+                    Num::Long(v)
+                } else {
+                    Num::Double(*ints as f64)
+                };
+                match op {
+                    "$sum" => sum.to_bson(),
+                    _ if *numeric <= 0 => Bson::Null,
+                    _ => match sum {
+                        Num::Decimal(_) => number::divide(&sum, &Num::Long(*numeric))
+                            .map_or(Bson::Null, Num::to_bson),
+                        other => Bson::Double(other.to_f64() / *numeric as f64),
+                    },
+                }
+            }
+            AccState::Count(n) => i32::try_from(*n).map_or(Bson::Int64(*n), Bson::Int32),
+            AccState::Extremes(values) => {
+                let best = if op == "$min" {
+                    values.keys().next()
+                } else {
+                    values.keys().next_back()
+                };
+                best.map_or(Bson::Null, |k| k.0.clone())
+            }
+            AccState::Ordered(values) => {
+                let expanded = values
+                    .values()
+                    .flat_map(|(v, n)| std::iter::repeat_n(v, (*n).max(0) as usize))
+                    .map(|v| v.as_ref().map(|k| k.0.clone()));
+                let collected: Vec<Option<Bson>> = expanded.collect();
+                accumulate(op, collected.iter())
+            }
+        }
+    }
+}
+
+fn two_sum(hi: &mut f64, lo: &mut f64, x: f64) {
+    let s = *hi + x;
+    let bp = s - *hi;
+    let err = (*hi - (s - bp)) + (x - bp);
+    *hi = s;
+    *lo += err;
+    let t = *hi + *lo;
+    *lo -= t - *hi;
+    *hi = t;
+}

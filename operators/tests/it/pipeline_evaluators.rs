@@ -241,7 +241,35 @@ fn same(ours: &[BsonDoc], theirs: &[BsonDoc], case: &Case) -> bool {
         a.sort();
         b.sort();
     }
-    a == b
+    a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| close(&x.0, &y.0))
+}
+
+/// MongoDB's equality, except that doubles may differ in the last bits: MongoDB (and
+/// changeflow) sum doubles in double-double precision, both evaluators naively, so a `$sum` or
+/// `$avg` of doubles can differ by rounding (relative 1e-12).
+fn close(a: &Bson, b: &Bson) -> bool {
+    match (a, b) {
+        (Bson::Document(x), Bson::Document(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|((kx, vx), (ky, vy))| kx == ky && close(vx, vy))
+        }
+        (Bson::Array(x), Bson::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| close(p, q))
+        }
+        (Bson::Double(x), other) | (other, Bson::Double(x)) if x.is_finite() => {
+            match changeflow_operators::mql::number::Num::of(other) {
+                Some(n) => {
+                    let y = n.to_f64();
+                    (x - y).abs() <= 1e-12 * x.abs().max(y.abs()).max(1e-300)
+                        || Key::new(a.clone()) == Key::new(b.clone())
+                }
+                None => false,
+            }
+        }
+        _ => Key::new(a.clone()) == Key::new(b.clone()),
+    }
 }
 
 /// The first row that differs, from each side (after normalizing and ordering).
@@ -257,7 +285,7 @@ fn first_difference(ours: &[BsonDoc], theirs: &[BsonDoc], case: &Case) -> (Strin
     let i = a
         .iter()
         .zip(&b)
-        .position(|(x, y)| x != y)
+        .position(|(x, y)| !close(&x.0, &y.0))
         .unwrap_or(a.len().min(b.len()));
     (show(a.get(i)), show(b.get(i)))
 }
