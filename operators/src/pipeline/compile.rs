@@ -361,14 +361,15 @@ fn group<'scope>(
             }
         }
     });
-    type Contribution = ((Key, Pos, Vec<Option<Key>>), ClusterTime, isize);
+    type Input = (Key, Pos, Vec<Option<Key>>);
+    type Contribution = (Input, ClusterTime, isize);
     contributions
         .inner
         .unary_frontier(
             Exchange::new(|((key, _, _), _, _): &Contribution| crate::documents::hash_of(key)),
             "PipelineGroup",
             move |_, _| {
-                let mut stash: TimeStash<((Key, Pos, Vec<Option<Key>>), isize)> = TimeStash::new();
+                let mut stash: TimeStash<(Input, isize)> = TimeStash::new();
                 let mut groups: HashMap<Key, GroupState> = HashMap::new();
                 let mut before: HashMap<Key, Option<Document>> = HashMap::new();
                 move |(input, frontier), output| {
