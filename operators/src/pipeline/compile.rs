@@ -38,7 +38,7 @@ use timely::dataflow::operators::generic::Operator;
 
 use crate::documents::{DocKey, Documents};
 use crate::mql::compare::Key;
-use crate::mql::expr::EvalError;
+use crate::mql::expr::{EvalError, Expr};
 use crate::mql::path::resolve;
 use crate::pipeline::apply::apply_stage;
 use crate::pipeline::group::AccState;
@@ -343,9 +343,28 @@ fn group<'scope>(
         .iter()
         .map(|a| (a.name.clone(), a.op.clone()))
         .collect();
+    // When the key and every argument are plain field paths or constants, read them straight
+    // from the document's bytes (no decoding of the whole document), falling back to the full
+    // evaluation when a path crosses an array.
+    let simple = std::iter::once(&id)
+        .chain(accumulators.iter().map(|a| &a.arg))
+        .all(|e| matches!(e, Expr::Field(_) | Expr::Literal(_)));
     let contributions = input.flat_map(move |(pos, doc): (Pos, Document)| {
-        let parsed = BsonDoc::from_reader(doc.as_bytes()).ok()?;
         let evaluated = (|| -> Result<_, EvalError> {
+            if simple
+                && let Some(values) = std::iter::once(&id)
+                    .chain(accumulators.iter().map(|a| &a.arg))
+                    .map(|e| raw_eval(e, doc.as_bytes()))
+                    .collect::<Option<Vec<Option<Bson>>>>()
+            {
+                let mut values = values.into_iter();
+                let key = values.next().flatten().unwrap_or(Bson::Null);
+                return Ok((Key::new(key), values.map(|v| v.map(Key::new)).collect()));
+            }
+            let parsed = BsonDoc::from_reader(doc.as_bytes()).map_err(|e| EvalError {
+                operator: "$group".into(),
+                reason: e.to_string(),
+            })?;
             let key = id.eval(&parsed)?.unwrap_or(Bson::Null);
             let mut args: Vec<Option<Key>> = Vec::with_capacity(accumulators.len());
             for a in &accumulators {
@@ -439,4 +458,30 @@ fn group_output(state: &GroupState, names: &[(String, String)]) -> Option<Docume
         out.insert(name.as_str(), acc.value(op));
     }
     encode(&out)
+}
+
+/// A constant or a field path evaluated on raw BSON: `Some(value or missing)`, or `None` when
+/// the path crosses an array (the full evaluation decides then).
+fn raw_eval(expr: &Expr, doc: &[u8]) -> Option<Option<Bson>> {
+    match expr {
+        Expr::Literal(v) => Some(Some(v.clone())),
+        Expr::Field(path) => {
+            let mut current = bson::RawDocument::from_bytes(doc).ok()?;
+            for (i, part) in path.iter().enumerate() {
+                let Ok(Some(value)) = current.get(part) else {
+                    return Some(None);
+                };
+                if i + 1 == path.len() {
+                    return Some(Bson::try_from(value).ok());
+                }
+                match value {
+                    bson::RawBsonRef::Document(d) => current = d,
+                    bson::RawBsonRef::Array(_) => return None,
+                    _ => return Some(None),
+                }
+            }
+            Some(None)
+        }
+        _ => None,
+    }
 }
