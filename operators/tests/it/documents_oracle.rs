@@ -11,10 +11,12 @@ use std::sync::{Arc, Mutex};
 
 use bson::{Bson, Document as BsonDoc, doc};
 use changeflow_core::{ChangeEvent, ClusterTime};
-use changeflow_operators::documents::{DocKey, DocumentStats, document_state};
+use changeflow_operators::documents::{DocumentStats, document_state};
 use changeflow_sources::memory::from_events;
-use changeflow_testkit::reference::{ReferenceModel, apply_update_description, id_key};
+use changeflow_testkit::reference::{ReferenceModel, apply_update_description};
 use proptest::prelude::*;
+
+use crate::support::{DocUpdates, state_at};
 
 /// One generated step: what to do to which document.
 #[derive(Clone, Debug)]
@@ -149,7 +151,7 @@ fn events(steps: &[(Step, bool)]) -> Vec<BsonDoc> {
     out
 }
 
-type Updates = Vec<((DocKey, changeflow_core::Document), ClusterTime, isize)>;
+type Updates = DocUpdates;
 
 fn run_document_state(events: Vec<ChangeEvent>, workers: usize) -> Updates {
     let seen: Arc<Mutex<Updates>> = Arc::default();
@@ -169,34 +171,6 @@ fn run_document_state(events: Vec<ChangeEvent>, workers: usize) -> Updates {
         .expect("workers done")
         .into_inner()
         .expect("lock")
-}
-
-fn state_at(updates: &Updates, time: ClusterTime) -> BTreeMap<(String, String), Vec<u8>> {
-    let mut counts: BTreeMap<(DocKey, Vec<u8>), isize> = BTreeMap::new();
-    for ((key, doc), t, diff) in updates {
-        if *t <= time {
-            *counts
-                .entry((key.clone(), doc.as_bytes().to_vec()))
-                .or_default() += diff;
-        }
-    }
-    let mut out = BTreeMap::new();
-    for ((key, bytes), n) in counts {
-        assert!(n == 0 || n == 1, "a version with multiplicity {n}");
-        if n == 1 {
-            let (k, value) = key.id();
-            let mut w = changeflow_core::raw::DocWriter::new();
-            w.append(k, "_id", value);
-            let id = bson::Document::from_reader(&w.finish()[..])
-                .expect("id")
-                .get("_id")
-                .cloned()
-                .expect("_id");
-            let previous = out.insert((key.ns().to_string(), id_key(&id)), bytes);
-            assert!(previous.is_none(), "two live versions of {key}");
-        }
-    }
-    out
 }
 
 fn check(steps: &[(Step, bool)], workers: usize) {

@@ -2,5 +2,6 @@
 
 mod documents_oracle;
 mod pipeline_evaluators;
+mod support;
 mod transactions_oracle;
 mod views_oracle;

@@ -13,16 +13,16 @@ use std::sync::{Arc, Mutex};
 
 use bson::Document as BsonDoc;
 use changeflow_core::{ChangeEvent, ClusterTime};
-use changeflow_operators::documents::{DocKey, DocumentStats, document_state};
+use changeflow_operators::documents::{DocumentStats, document_state};
 use changeflow_operators::transactions::{Transaction, TxnStatus, transactions};
 use changeflow_operators::value::{Value, ValueType};
 use changeflow_operators::views::{GroupBy, Row};
 use changeflow_sources::memory::from_events;
 use changeflow_testkit::bank::{BankConfig, BankWorkload};
-use changeflow_testkit::reference::{ReferenceModel, commit_times, id_key};
+use changeflow_testkit::reference::{ReferenceModel, commit_times};
 use proptest::prelude::*;
 
-type DocUpdates = Vec<((DocKey, changeflow_core::Document), ClusterTime, isize)>;
+use crate::support::{DocUpdates, state_at};
 
 #[derive(Default)]
 struct Seen {
@@ -71,34 +71,6 @@ fn run(events: Vec<ChangeEvent>, workers: usize) -> Seen {
         .unwrap_or_else(|_| panic!("workers done"))
         .into_inner()
         .expect("lock")
-}
-
-/// The live documents at `time`, keyed like the reference model, as BSON bytes.
-fn state_at(updates: &DocUpdates, time: ClusterTime) -> BTreeMap<(String, String), Vec<u8>> {
-    let mut counts: BTreeMap<(DocKey, Vec<u8>), isize> = BTreeMap::new();
-    for ((key, doc), t, diff) in updates {
-        if *t <= time {
-            *counts
-                .entry((key.clone(), doc.as_bytes().to_vec()))
-                .or_default() += diff;
-        }
-    }
-    let mut out = BTreeMap::new();
-    for ((key, bytes), n) in counts {
-        assert!(n == 0 || n == 1, "a version with multiplicity {n}");
-        if n == 1 {
-            let (k, value) = key.id();
-            let mut w = changeflow_core::raw::DocWriter::new();
-            w.append(k, "_id", value);
-            let id = bson::Document::from_reader(&w.finish()[..])
-                .expect("id")
-                .get("_id")
-                .cloned()
-                .expect("_id");
-            out.insert((key.ns().to_string(), id_key(&id)), bytes);
-        }
-    }
-    out
 }
 
 fn total_at(updates: &[(Row, ClusterTime, isize)], time: ClusterTime) -> Option<i64> {
