@@ -139,6 +139,25 @@ pub const OPERATORS: &[&str] = &[
     "$toDouble",
     "$toDecimal",
     "$toBool",
+    "$filter",
+    "$map",
+    "$reduce",
+    "$regexMatch",
+    "$objectToArray",
+    "$arrayToObject",
+    "$year",
+    "$month",
+    "$dayOfMonth",
+    "$dayOfWeek",
+    "$dayOfYear",
+    "$hour",
+    "$minute",
+    "$second",
+    "$millisecond",
+    "$dateToString",
+    "$dateTrunc",
+    "$dateFromString",
+    "$toDate",
 ];
 
 /// The entry of `candidates` nearest to `name` by edit distance, if close enough.
@@ -189,6 +208,21 @@ pub enum Expr {
     Op(String, Vec<Expr>),
     /// `{$switch: {branches: [{case, then}], default}}`.
     Switch(Vec<(Expr, Expr)>, Option<Box<Expr>>),
+    /// `$filter` (`Some(limit)`) or `$map` (`None`): input, variable name, body.
+    Each {
+        /// `$filter` or `$map`.
+        op: String,
+        /// The array.
+        input: Box<Expr>,
+        /// The element's variable name (`this` by default).
+        var: String,
+        /// The condition (`$filter`) or the new element (`$map`).
+        body: Box<Expr>,
+        /// `$filter`'s `limit`.
+        limit: Option<Box<Expr>>,
+    },
+    /// `$reduce`: input, initial value, body over `$$value` and `$$this`.
+    Reduce(Box<Expr>, Box<Expr>, Box<Expr>),
 }
 
 /// Variables in scope while evaluating.
@@ -317,6 +351,79 @@ impl Expr {
                 }
                 Ok(Expr::Op(op.into(), parts))
             }
+            "$filter" | "$map" => {
+                let d = args
+                    .as_document()
+                    .ok_or_else(|| bad("expects {input, as, cond / in}"))?;
+                let input = d.get("input").ok_or_else(|| bad("expects input"))?;
+                let body_key = if op == "$filter" { "cond" } else { "in" };
+                let body = d
+                    .get(body_key)
+                    .ok_or_else(|| bad(&format!("expects {body_key}")))?;
+                Ok(Expr::Each {
+                    op: op.into(),
+                    input: Box::new(Expr::parse(input)?),
+                    var: d.get_str("as").unwrap_or("this").to_string(),
+                    body: Box::new(Expr::parse(body)?),
+                    limit: d.get("limit").map(Expr::parse).transpose()?.map(Box::new),
+                })
+            }
+            "$reduce" => {
+                let d = args
+                    .as_document()
+                    .ok_or_else(|| bad("expects {input, initialValue, in}"))?;
+                let part = |k: &str| {
+                    d.get(k)
+                        .ok_or_else(|| bad("expects {input, initialValue, in}"))
+                        .and_then(Expr::parse)
+                        .map(Box::new)
+                };
+                Ok(Expr::Reduce(
+                    part("input")?,
+                    part("initialValue")?,
+                    part("in")?,
+                ))
+            }
+            "$regexMatch" | "$dateToString" | "$dateTrunc" | "$dateFromString" => {
+                let d = args
+                    .as_document()
+                    .ok_or_else(|| bad("expects a document of named arguments"))?;
+                let names: &[&str] = match op {
+                    "$regexMatch" => &["input", "regex", "options"],
+                    "$dateToString" => &["date", "format", "timezone", "onNull"],
+                    "$dateTrunc" => &["date", "unit", "binSize", "timezone"],
+                    _ => &["dateString", "format", "timezone", "onError", "onNull"],
+                };
+                if let Some(unknown) = d.keys().find(|k| !names.contains(&k.as_str())) {
+                    return Err(bad(&format!("unknown argument {unknown}")));
+                }
+                let parts = names
+                    .iter()
+                    .map(|n| {
+                        d.get(*n)
+                            .map_or(Ok(Expr::Variable("REMOVE".into(), vec![])), Expr::parse)
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Expr::Op(op.into(), parts))
+            }
+            "$year" | "$month" | "$dayOfMonth" | "$dayOfWeek" | "$dayOfYear" | "$hour"
+            | "$minute" | "$second" | "$millisecond" => match args {
+                Bson::Document(d) if d.contains_key("date") => {
+                    let date = Expr::parse(&d["date"])?;
+                    let tz = d
+                        .get("timezone")
+                        .map_or(Ok(Expr::Variable("REMOVE".into(), vec![])), Expr::parse)?;
+                    Ok(Expr::Op(op.into(), vec![date, tz]))
+                }
+                other => {
+                    let mut e = Expr::op_with(op, other, None)?;
+                    if let Expr::Op(_, a) = &mut e {
+                        a.truncate(1);
+                        a.push(Expr::Variable("REMOVE".into(), vec![]));
+                    }
+                    Ok(e)
+                }
+            },
             "$round" | "$trunc" => Expr::op_with(op, args, None),
             _ if OPERATORS.contains(&op) => Expr::op_with(op, args, None),
             _ => Err(ParseError::UnknownOperator {
@@ -395,6 +502,72 @@ impl Expr {
                     Some(d) => d.eval_in(vars),
                     None => fail("$switch", "no branch matched and there is no default"),
                 }
+            }
+            Expr::Each {
+                op,
+                input,
+                var,
+                body,
+                limit,
+            } => {
+                let items = match input.eval_in(vars)? {
+                    None | Some(Bson::Null | Bson::Undefined) => return Ok(Some(Bson::Null)),
+                    Some(Bson::Array(items)) => items,
+                    Some(other) => {
+                        return fail(
+                            op,
+                            format!("input must be an array, not {}", type_name(&Some(other))),
+                        );
+                    }
+                };
+                let limit = match limit {
+                    Some(l) => match l
+                        .eval_in(vars)?
+                        .as_ref()
+                        .and_then(Num::of)
+                        .and_then(|n| n.to_dec())
+                        .and_then(Dec::to_i64)
+                    {
+                        Some(n) if n > 0 => Some(n as usize),
+                        _ => return fail(op, "limit must be a positive integer"),
+                    },
+                    None => None,
+                };
+                let mut out = Vec::new();
+                let mut inner = vars.clone();
+                for item in items {
+                    inner.values.insert(var.clone(), Some(item.clone()));
+                    let v = body.eval_in(&inner)?;
+                    if op == "$map" {
+                        out.push(v.unwrap_or(Bson::Null));
+                    } else if truthy(&v) {
+                        out.push(item);
+                        if limit.is_some_and(|l| out.len() >= l) {
+                            break;
+                        }
+                    }
+                }
+                Ok(Some(Bson::Array(out)))
+            }
+            Expr::Reduce(input, init, body) => {
+                let items = match input.eval_in(vars)? {
+                    None | Some(Bson::Null | Bson::Undefined) => return Ok(Some(Bson::Null)),
+                    Some(Bson::Array(items)) => items,
+                    Some(other) => {
+                        return fail(
+                            "$reduce",
+                            format!("input must be an array, not {}", type_name(&Some(other))),
+                        );
+                    }
+                };
+                let mut value = init.eval_in(vars)?;
+                let mut inner = vars.clone();
+                for item in items {
+                    inner.values.insert("value".into(), value);
+                    inner.values.insert("this".into(), Some(item));
+                    value = body.eval_in(&inner)?;
+                }
+                Ok(value)
             }
             Expr::Op(op, args) => eval_op(op, args, vars),
         }
@@ -972,6 +1145,128 @@ fn eval_op(op: &str, args: &[Expr], vars: &Vars) -> Result<Option<Bson>, EvalErr
             }
             convert(op, v.unwrap_or(Bson::Null)).map(Some)
         }
+        "$regexMatch" => {
+            let vs = values()?;
+            let input = match &vs[0] {
+                None | Some(Bson::Null) => return some(Bson::Boolean(false)),
+                Some(Bson::String(s)) => s.clone(),
+                other => {
+                    return fail(
+                        op,
+                        format!("input must be a string, not {}", type_name(other)),
+                    );
+                }
+            };
+            let (pattern, mut options) = match &vs[1] {
+                Some(Bson::String(p)) => (p.clone(), String::new()),
+                Some(Bson::RegularExpression(r)) => (r.pattern.to_string(), r.options.to_string()),
+                None | Some(Bson::Null) => return some(Bson::Boolean(false)),
+                other => {
+                    return fail(
+                        op,
+                        format!(
+                            "regex must be a string or a regular expression, not {}",
+                            type_name(other)
+                        ),
+                    );
+                }
+            };
+            if let Some(Bson::String(o)) = &vs[2] {
+                options.push_str(o);
+            }
+            let flags: String = options
+                .chars()
+                .filter(|c| matches!(c, 'i' | 'm' | 's' | 'x'))
+                .collect();
+            let full = if flags.is_empty() {
+                pattern
+            } else {
+                format!("(?{flags}){pattern}")
+            };
+            match regex_lite::Regex::new(&full) {
+                Ok(re) => some(Bson::Boolean(re.is_match(&input))),
+                Err(e) => fail(op, e.to_string()),
+            }
+        }
+        "$objectToArray" => {
+            arity(1)?;
+            match values()?.remove(0) {
+                None | Some(Bson::Null) => some(Bson::Null),
+                Some(Bson::Document(d)) => some(Bson::Array(
+                    d.into_iter()
+                        .map(|(k, v)| Bson::Document(bson::doc! { "k": k, "v": v }))
+                        .collect(),
+                )),
+                other => fail(op, format!("requires an object, not {}", type_name(&other))),
+            }
+        }
+        "$arrayToObject" => {
+            arity(1)?;
+            let items = match values()?.remove(0) {
+                None | Some(Bson::Null) => return some(Bson::Null),
+                Some(Bson::Array(items)) => items,
+                other => return fail(op, format!("requires an array, not {}", type_name(&other))),
+            };
+            let mut out = Document::new();
+            for item in items {
+                match item {
+                    Bson::Document(d) => match (d.get("k"), d.get("v")) {
+                        (Some(Bson::String(k)), Some(v)) if d.len() == 2 => {
+                            out.insert(k.clone(), v.clone());
+                        }
+                        _ => return fail(op, "documents must be {k: string, v: value}"),
+                    },
+                    Bson::Array(pair) if pair.len() == 2 => match &pair[0] {
+                        Bson::String(k) => {
+                            out.insert(k.clone(), pair[1].clone());
+                        }
+                        _ => return fail(op, "pairs must start with a string key"),
+                    },
+                    _ => {
+                        return fail(
+                            op,
+                            "elements must be {k, v} documents or [key, value] pairs",
+                        );
+                    }
+                }
+            }
+            some(Bson::Document(out))
+        }
+        "$toDate" => {
+            arity(1)?;
+            match values()?.remove(0) {
+                None | Some(Bson::Null | Bson::Undefined) => some(Bson::Null),
+                Some(Bson::DateTime(d)) => some(Bson::DateTime(d)),
+                Some(Bson::ObjectId(o)) => some(Bson::DateTime(bson::DateTime::from_millis(
+                    i64::from(u32::from_be_bytes([
+                        o.bytes()[0],
+                        o.bytes()[1],
+                        o.bytes()[2],
+                        o.bytes()[3],
+                    ])) * 1000,
+                ))),
+                Some(Bson::String(s)) => match crate::mql::dates::parse_date(&s, None, 0) {
+                    Some(ms) => some(Bson::DateTime(bson::DateTime::from_millis(ms))),
+                    None => fail(op, format!("cannot parse date '{s}'")),
+                },
+                Some(v) => match Num::of(&v) {
+                    Some(n @ (Num::Long(_) | Num::Double(_) | Num::Decimal(_))) => some(
+                        Bson::DateTime(bson::DateTime::from_millis(n.to_f64() as i64)),
+                    ),
+                    _ => fail(
+                        op,
+                        format!(
+                            "unsupported conversion from {} to date",
+                            type_name(&Some(v))
+                        ),
+                    ),
+                },
+            }
+        }
+        "$year" | "$month" | "$dayOfMonth" | "$dayOfWeek" | "$dayOfYear" | "$hour" | "$minute"
+        | "$second" | "$millisecond" | "$dateToString" | "$dateTrunc" | "$dateFromString" => {
+            crate::mql::dates::eval_date_op(op, values()?)
+        }
         _ => fail(op, "not supported"),
     }
 }
@@ -1221,5 +1516,23 @@ mod tests {
         let e = Expr::parse(&bson!({"$toInt": "$a"})).unwrap();
         assert!(e.eval(&doc! {"a": "x1"}).unwrap_err().reason.contains("x1"));
         assert_eq!(eval(bson!({"$add": ["$a", 1]}), doc! {}), Some(Bson::Null));
+    }
+}
+
+#[cfg(test)]
+mod manual_examples {
+    use bson::{bson, doc};
+
+    use super::Expr;
+
+    /// The manual's own example for `$arrayToObject` (mingo deviates; see the corpus test).
+    #[test]
+    fn array_to_object_takes_every_pair() {
+        let e =
+            Expr::parse(&bson!({"$arrayToObject": [[["item", "abc123"], ["qty", 25]]]})).unwrap();
+        assert_eq!(
+            e.eval(&doc! {}).unwrap(),
+            Some(bson!({"item": "abc123", "qty": 25}))
+        );
     }
 }

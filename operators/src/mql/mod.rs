@@ -13,6 +13,7 @@
 #![allow(clippy::module_name_repetitions)]
 
 pub mod compare;
+pub mod dates;
 pub mod expr;
 pub mod number;
 pub mod path;

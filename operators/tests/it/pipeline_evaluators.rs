@@ -39,6 +39,12 @@ const MONGOMOCK_DEVIATIONS: &[(&str, &str)] = &[
         "churn-4",
         "https://www.mongodb.com/docs/manual/reference/operator/aggregation/count/",
     ),
+    // mongomock ignores a fixed-offset timezone and drops the fields; the manual accepts
+    // "+05:30" offsets.
+    (
+        "date-timezone",
+        "https://www.mongodb.com/docs/manual/reference/operator/aggregation/hour/",
+    ),
 ];
 
 /// Pipelines where mingo disagrees with the MongoDB manual (or cannot represent the values:
@@ -65,6 +71,12 @@ const MINGO_DEVIATIONS: &[(&str, &str)] = &[
     (
         "churn-4",
         "https://www.mongodb.com/docs/manual/reference/operator/aggregation/count/",
+    ),
+    // mingo keeps only the first [key, value] pair of an array of pairs; the manual's example
+    // `{$arrayToObject: [[["item", "abc123"], ["qty", 25]]]}` gives both fields.
+    (
+        "array-to-object",
+        "https://www.mongodb.com/docs/manual/reference/operator/aggregation/arrayToObject/",
     ),
 ];
 
