@@ -25,6 +25,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod calendar;
 pub mod cluster_time;
 pub mod document;
 pub mod error;
