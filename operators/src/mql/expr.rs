@@ -158,6 +158,8 @@ pub const OPERATORS: &[&str] = &[
     "$dateTrunc",
     "$dateFromString",
     "$toDate",
+    "$convert",
+    "$toObjectId",
 ];
 
 /// The entry of `candidates` nearest to `name` by edit distance, if close enough.
@@ -384,7 +386,7 @@ impl Expr {
                     part("in")?,
                 ))
             }
-            "$regexMatch" | "$dateToString" | "$dateTrunc" | "$dateFromString" => {
+            "$regexMatch" | "$dateToString" | "$dateTrunc" | "$dateFromString" | "$convert" => {
                 let d = args
                     .as_document()
                     .ok_or_else(|| bad("expects a document of named arguments"))?;
@@ -392,6 +394,7 @@ impl Expr {
                     "$regexMatch" => &["input", "regex", "options"],
                     "$dateToString" => &["date", "format", "timezone", "onNull"],
                     "$dateTrunc" => &["date", "unit", "binSize", "timezone"],
+                    "$convert" => &["input", "to", "onError", "onNull"],
                     _ => &["dateString", "format", "timezone", "onError", "onNull"],
                 };
                 if let Some(unknown) = d.keys().find(|k| !names.contains(&k.as_str())) {
@@ -1136,6 +1139,69 @@ fn eval_op(op: &str, args: &[Expr], vars: &Vars) -> Result<Option<Bson>, EvalErr
         "$type" => {
             arity(1)?;
             some(Bson::String(type_name(&values()?.remove(0)).into()))
+        }
+        "$convert" => {
+            let vs = values()?;
+            let target = match &vs[1] {
+                Some(Bson::String(t)) => t.clone(),
+                Some(code) => match Num::of(code).and_then(|n| n.to_dec()).and_then(Dec::to_i64) {
+                    Some(1) => "double".into(),
+                    Some(2) => "string".into(),
+                    Some(7) => "objectId".into(),
+                    Some(8) => "bool".into(),
+                    Some(9) => "date".into(),
+                    Some(16) => "int".into(),
+                    Some(18) => "long".into(),
+                    Some(19) => "decimal".into(),
+                    _ => return fail(op, format!("unsupported target type {code}")),
+                },
+                None => return fail(op, "'to' is required"),
+            };
+            let to = match target.as_str() {
+                "double" => "$toDouble",
+                "string" => "$toString",
+                "objectId" => "$toObjectId",
+                "bool" => "$toBool",
+                "date" => "$toDate",
+                "int" => "$toInt",
+                "long" => "$toLong",
+                "decimal" => "$toDecimal",
+                other => return fail(op, format!("unsupported target type '{other}'")),
+            };
+            if nullish(&vs[0]) {
+                return Ok(Some(vs[3].clone().unwrap_or(Bson::Null)));
+            }
+            let converted = eval_op(
+                to,
+                &[Expr::Literal(vs[0].clone().unwrap_or(Bson::Null))],
+                vars,
+            );
+            match (converted, &vs[2]) {
+                (Ok(v), _) => Ok(v),
+                (Err(_), Some(on_error)) => Ok(Some(on_error.clone())),
+                (Err(e), None) => fail(op, e.reason),
+            }
+        }
+        "$toObjectId" => {
+            arity(1)?;
+            match values()?.remove(0) {
+                None | Some(Bson::Null | Bson::Undefined) => some(Bson::Null),
+                Some(Bson::ObjectId(o)) => some(Bson::ObjectId(o)),
+                Some(Bson::String(s)) => match bson::oid::ObjectId::parse_str(&s) {
+                    Ok(o) => some(Bson::ObjectId(o)),
+                    Err(_) => fail(
+                        op,
+                        format!("failed to parse objectId '{s}' in $convert with no onError value"),
+                    ),
+                },
+                other => fail(
+                    op,
+                    format!(
+                        "unsupported conversion from {} to objectId",
+                        type_name(&other)
+                    ),
+                ),
+            }
         }
         "$toString" | "$toInt" | "$toLong" | "$toDouble" | "$toDecimal" | "$toBool" => {
             arity(1)?;
