@@ -51,6 +51,8 @@ pub(crate) struct Rolling<F: FileFormat> {
     next: u64,
     committed: ClusterTime,
     files: Vec<PathBuf>,
+    /// The final file (input ended) has been written.
+    finished: bool,
 }
 
 impl<F: FileFormat> Rolling<F> {
@@ -66,6 +68,7 @@ impl<F: FileFormat> Rolling<F> {
             next: 0,
             committed: ClusterTime::MIN,
             files: Vec::new(),
+            finished: false,
         }
     }
 
@@ -89,26 +92,7 @@ impl<F: FileFormat> Rolling<F> {
         }
         self.schema = Some(schema.clone());
         if self.open.is_none() {
-            std::fs::create_dir_all(&self.dir).map_err(|e| Self::error(&self.dir, e))?;
-            let name = format!("{}-{:06}.{}", self.stem, self.next, self.format.extension());
-            let path = self.dir.join(&name);
-            let temporary = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
-            let file = File::create(&temporary).map_err(|e| Self::error(&temporary, e))?;
-            let inner = match self.format.open(file, &schema) {
-                Ok(inner) => inner,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&temporary);
-                    return Err(Self::error(&path, e));
-                }
-            };
-            self.next += 1;
-            self.open = Some(OpenFile {
-                inner,
-                temporary,
-                path,
-                rows: 0,
-                opened: Instant::now(),
-            });
+            self.open_file(&schema)?;
         }
         if let Some(open) = self.open.as_mut() {
             self.format
@@ -119,9 +103,44 @@ impl<F: FileFormat> Rolling<F> {
         Ok(())
     }
 
+    /// Opens the next file (under its temporary name) for batches of `schema`.
+    fn open_file(&mut self, schema: &SchemaRef) -> Result<(), SinkError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Self::error(&self.dir, e))?;
+        let name = format!("{}-{:06}.{}", self.stem, self.next, self.format.extension());
+        let path = self.dir.join(&name);
+        let temporary = self.dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let file = File::create(&temporary).map_err(|e| Self::error(&temporary, e))?;
+        let inner = match self.format.open(file, schema) {
+            Ok(inner) => inner,
+            Err(e) => {
+                let _ = std::fs::remove_file(&temporary);
+                return Err(Self::error(&path, e));
+            }
+        };
+        self.next += 1;
+        self.open = Some(OpenFile {
+            inner,
+            temporary,
+            path,
+            rows: 0,
+            opened: Instant::now(),
+        });
+        Ok(())
+    }
+
     pub fn commit(&mut self, frontier: Option<ClusterTime>) -> Result<(), SinkError> {
         if let Some(t) = frontier {
             self.committed = t;
+        }
+        // The input ended just after a roll: the last file says "complete up to F", not "final".
+        // An empty final file (same schema) tells readers the stream ended.
+        if frontier.is_none()
+            && self.open.is_none()
+            && !self.finished
+            && !self.files.is_empty()
+            && let Some(schema) = self.schema.clone()
+        {
+            self.open_file(&schema)?;
         }
         let due = self.open.as_ref().is_some_and(|open| {
             frontier.is_none()
@@ -150,6 +169,7 @@ impl<F: FileFormat> Rolling<F> {
         match result {
             Ok(()) => {
                 self.files.push(open.path);
+                self.finished |= frontier.is_none();
                 Ok(())
             }
             Err(e) => {
@@ -213,6 +233,30 @@ mod tests {
         writer.commit(None).unwrap();
         let files = writer.files();
         assert_eq!(files.len(), 2, "{files:?}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The input ends right after a roll: an empty final file still says the stream ended.
+    #[test]
+    fn an_input_ending_just_after_a_roll_gets_an_empty_final_file() {
+        let dir = dir("final");
+        let mut writer = IpcWriter::new(&dir, "f", IpcFormat::File, RollPolicy::rows(10));
+        writer.write(&batch(10)).unwrap();
+        writer.commit(Some(ClusterTime::new(1, 0))).unwrap();
+        assert_eq!(writer.files().len(), 1, "rolled at 10 rows");
+        writer.commit(None).unwrap();
+        writer.commit(None).unwrap();
+        let files = writer.files();
+        assert_eq!(files.len(), 2, "one empty final file, once: {files:?}");
+        let reader =
+            arrow_ipc::reader::FileReader::try_new(std::fs::File::open(&files[1]).unwrap(), None)
+                .unwrap();
+        assert_eq!(reader.schema().metadata()["changeflow.complete"], "true");
+        assert_eq!(reader.map(|b| b.unwrap().num_rows()).sum::<usize>(), 0);
+        let first =
+            arrow_ipc::reader::FileReader::try_new(std::fs::File::open(&files[0]).unwrap(), None)
+                .unwrap();
+        assert_eq!(first.schema().metadata()["changeflow.complete"], "false");
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -8,7 +8,8 @@
 //!   commit(frontier) ─▶ roll policy reached (rows / bytes / age)? ── yes ──▶ close: write the
 //!                                                                  frontier into the metadata,
 //!                                                                  fsync, rename into place
-//!   commit(None) ─▶ the input ended: close the open file as final (`changeflow.complete=true`)
+//!   commit(None) ─▶ the input ended: close the open file as final (`changeflow.complete=true`);
+//!                   if the last file was just rolled, write an empty final file
 //! ```
 //!
 //! # Invariants
@@ -19,6 +20,7 @@
 //!   Each file's metadata says the frontier `F` it is complete up to: every change at a time
 //!   before `F` is in this file or an earlier one. Summing `_diff` per row over all files up to
 //!   one whose frontier is `F` gives the collection as of every time before `F`.
+//! * The last file of a finished input always says `changeflow.complete = true`.
 //! * A file's metadata keys: `changeflow.frontier` (the packed cluster time, absent when final),
 //!   `changeflow.complete` (`true` when the input ended), `changeflow.series` (the schema
 //!   series, from 0; a new series starts whenever the schema changes).
