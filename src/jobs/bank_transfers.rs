@@ -333,14 +333,8 @@ impl BankJob {
                 runtime::drive(worker, &probe, std::slice::from_ref(&status))
             }
         };
-        let results = runtime::execute(options.workers, worker_job).map_err(JobError::Dataflow)?;
+        super::run_to_end(options.workers, &status, worker_job)?;
         let elapsed = started.elapsed();
-        if let Some(error) = runtime::take_source_error(std::slice::from_ref(&status)) {
-            return Err(error.into());
-        }
-        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            return Err(JobError::Dataflow(e));
-        }
         if let Ok(mut s) = sinks.lock() {
             let flushed =
                 s.0.flush()

@@ -179,7 +179,7 @@ pub fn run(options: &ViewOptions, out: &mut (dyn Write + Send)) -> Result<ViewRe
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         });
-        let results = runtime::execute(options.workers, worker_job);
+        let results = super::run_to_end(options.workers, &status, worker_job);
         stop.store(true, std::sync::atomic::Ordering::Release);
         let written = writer
             .join()
@@ -188,13 +188,7 @@ pub fn run(options: &ViewOptions, out: &mut (dyn Write + Send)) -> Result<ViewRe
     });
     let (results, written) = results;
     written.map_err(ViewError::Output)?;
-    let results = results.map_err(|e| ViewError::Job(JobError::Dataflow(e)))?;
-    if let Some(error) = runtime::take_source_error(std::slice::from_ref(&status)) {
-        return Err(JobError::from(error).into());
-    }
-    if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-        return Err(JobError::Dataflow(e).into());
-    }
+    results?;
     if stats.errors() > 0 && !options.skip_errors {
         return Err(ViewError::Evaluation(
             stats.first_error().unwrap_or_default(),
