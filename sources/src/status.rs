@@ -25,6 +25,7 @@ use crate::commit_time::GroupingCounts;
 pub struct SourceStatus {
     events: AtomicU64,
     dead_lettered: AtomicU64,
+    skipped: AtomicU64,
     finished: AtomicBool,
     error: Mutex<Option<String>>,
     failure: Mutex<Option<SourceError>>,
@@ -45,6 +46,11 @@ impl SourceStatus {
     pub fn dead_lettered(&self) -> u64 {
         self.dead_lettered.load(Ordering::Relaxed)
     }
+    /// Events dropped because a restart re-read them from before its checkpoint (already
+    /// committed; see [`crate::feed::Feed::skip_before`]).
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
     /// Whether the source reached the end of its input and released its capability.
     pub fn is_finished(&self) -> bool {
         self.finished.load(Ordering::Acquire)
@@ -58,8 +64,10 @@ impl SourceStatus {
     pub fn take_error(&self) -> Option<SourceError> {
         self.failure.lock().ok().and_then(|mut e| e.take())
     }
-    /// The last emitted event's time and resume token: everything before this time is emitted,
-    /// and more events may still follow at it.
+    /// The source's frontier `F` and its checkpoint token `K`: everything before `F` is
+    /// emitted, more events may still follow at `F`, and a restart that resumes after `K` and
+    /// skips what is released before `F` emits exactly what was not emitted before `F`
+    /// (`K` is `None` when the restart must begin where the source first began).
     pub fn position(&self) -> Option<(ClusterTime, Option<ResumeToken>)> {
         self.position.lock().ok().and_then(|p| p.clone())
     }
@@ -77,6 +85,9 @@ impl SourceStatus {
     }
     pub(crate) fn add_events(&self, n: u64) {
         self.events.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn add_skipped(&self, n: u64) {
+        self.skipped.fetch_add(n, Ordering::Relaxed);
     }
     pub(crate) fn set_dead_lettered(&self, n: u64) {
         self.dead_lettered.store(n, Ordering::Relaxed);
