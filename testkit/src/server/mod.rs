@@ -54,8 +54,10 @@
 //! assert_eq!(server.events(), vec![event]);
 //! ```
 
+pub mod collections;
 pub mod cosmos;
 pub mod events;
+mod find;
 pub mod pipeline;
 pub mod wire;
 
@@ -88,6 +90,11 @@ pub struct ServerOptions {
     /// Send no `postBatchResumeToken` (as servers before 4.0.7): the driver then resumes with
     /// `startAtOperationTime` until it has seen an event.
     pub omit_post_batch_token: bool,
+    /// Serve `readConcern: {level: "snapshot"}` reads (default true). When false, such reads
+    /// fail with 72 `InvalidOptions` "read concern level snapshot is only valid in a
+    /// transaction", as a MongoDB 4.x replica set answers (a 5.0+ standalone says 123
+    /// `NotAReplicaSet`).
+    pub snapshot_reads: bool,
 }
 
 impl Default for ServerOptions {
@@ -98,6 +105,7 @@ impl Default for ServerOptions {
             noop_on_idle: false,
             cosmos: None,
             omit_post_batch_token: false,
+            snapshot_reads: true,
         }
     }
 }
@@ -220,6 +228,9 @@ struct State {
     unique: u64,
     txn_numbers: u64,
     collections: Vec<(String, String)>,
+    /// Every document's versions, from the log (`find`, `count`, `collStats`).
+    data: collections::Collections,
+    find_cursors: HashMap<i64, find::FindCursor>,
 }
 
 struct Shared {
@@ -408,6 +419,60 @@ impl ChangeStreamServer {
         self.append(|token, time| events::delete(token, time, db, coll, id))
     }
 
+    /// Inserts every document of `documents` into `db.coll`, one event each at successive
+    /// cluster times, under one lock (fast seeding of large collections); returns how many.
+    pub fn insert_many(&self, db: &str, coll: &str, documents: Vec<Document>) -> usize {
+        let mut state = self.shared.lock();
+        let n = documents.len();
+        for document in documents {
+            let time = next_time(&state);
+            state.unique += 1;
+            let token = events::event_token(time, 0, state.unique);
+            let event = events::insert(&token, time, db, coll, document);
+            // Built here in stream order, so it cannot be refused.
+            let _ = push_locked(&mut state, event);
+        }
+        drop(state);
+        self.shared.changed.notify_all();
+        n
+    }
+
+    /// The documents of `db.coll` now, in `_id` order (what a `majority` `find` returns).
+    pub fn documents(&self, db: &str, coll: &str) -> Vec<Document> {
+        self.shared
+            .lock()
+            .data
+            .current(&format!("{db}.{coll}"))
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect()
+    }
+
+    /// The documents of `db.coll` as of cluster time `at`, in `_id` order (what a snapshot
+    /// `find` at `atClusterTime: at` returns).
+    pub fn documents_at(&self, db: &str, coll: &str, at: (u32, u32)) -> Vec<Document> {
+        self.shared
+            .lock()
+            .data
+            .read(
+                &format!("{db}.{coll}"),
+                Some(at),
+                &collections::IdRange::all(),
+                false,
+                usize::MAX,
+            )
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect()
+    }
+
+    /// The oldest cluster time the server still has history for (set by
+    /// [`ChangeStreamServer::truncate_history`]): older resume points give 286, older snapshot
+    /// reads 239.
+    pub fn history_start(&self) -> (u32, u32) {
+        self.shared.lock().history_start
+    }
+
     /// Drops `db.coll`: a `drop` event, which invalidates that collection's streams.
     pub fn drop_collection(&self, db: &str, coll: &str) -> Document {
         self.append(|token, time| events::drop(token, time, db, coll))
@@ -458,7 +523,8 @@ impl ChangeStreamServer {
     }
 
     /// Forgets the log before `time` (the oplog rolled over): resuming from an earlier token or
-    /// time fails with 286 `ChangeStreamHistoryLost`.
+    /// time fails with 286 `ChangeStreamHistoryLost`, and snapshot reads at an earlier
+    /// `atClusterTime` with 239 `SnapshotTooOld` (also on `getMore` of such a cursor).
     pub fn truncate_history(&self, time: (u32, u32)) {
         let mut state = self.shared.lock();
         state.history_start = time;
@@ -596,6 +662,48 @@ fn push_locked(state: &mut State, event: Document) -> Result<(), PushError> {
         }
     }
     let _ = state.model.apply(&event);
+    if let Some(c) = &coll {
+        let ns = format!("{db}.{c}");
+        match operation {
+            "drop" => state.data.drop_ns(&ns, time),
+            "rename" => {
+                state.data.drop_ns(&ns, time);
+                if let Some(to) = event.get_document("to").ok().and_then(|t| {
+                    Some(format!(
+                        "{}.{}",
+                        t.get_str("db").ok()?,
+                        t.get_str("coll").ok()?
+                    ))
+                }) {
+                    state.data.drop_ns(&to, time);
+                    let moved: Vec<(Bson, Document)> = state
+                        .model
+                        .documents()
+                        .iter()
+                        .filter(|((n, _), _)| *n == to)
+                        .filter_map(|(_, d)| Some((d.get("_id")?.clone(), d.clone())))
+                        .collect();
+                    for (id, d) in moved {
+                        state.data.record(&to, &id, time, Some(d));
+                    }
+                }
+            }
+            _ => {
+                if let Some(id) = event
+                    .get_document("documentKey")
+                    .ok()
+                    .and_then(|k| k.get("_id"))
+                {
+                    let now = state.model.get(&ns, id).cloned();
+                    state.data.record(&ns, id, time, now);
+                }
+            }
+        }
+    } else if operation == "dropDatabase" {
+        for ns in state.data.namespaces_with_prefix(&format!("{db}.")) {
+            state.data.drop_ns(&ns, time);
+        }
+    }
     state.clock = time;
     state.log.push(Entry {
         token,
@@ -729,7 +837,15 @@ fn handle(shared: &Shared, command: Document) -> Option<Document> {
         }
         "saslStart" | "authenticate" => error(18, "AuthenticationFailed", "Authentication failed."),
         "aggregate" => aggregate(shared, &command),
-        "getMore" => get_more(shared, &command),
+        "getMore" => match command.get("getMore") {
+            Some(Bson::Int64(id)) if shared.lock().find_cursors.contains_key(id) => {
+                find::get_more(shared, &command)
+            }
+            _ => get_more(shared, &command),
+        },
+        "find" => find::find(shared, &command),
+        "count" => find::count(shared, &command),
+        "collStats" | "collstats" => find::coll_stats(shared, &command),
         "killCursors" => kill_cursors(shared, &command),
         "GetChangeStreamTokens" | "getChangeStreamTokens" => cosmos::tokens(shared, &command),
         "customAction" if command.get_str("customAction").ok() == Some("GetChangeStreamTokens") => {
@@ -1216,7 +1332,7 @@ fn kill_cursors(shared: &Shared, command: &Document) -> Document {
     let mut missing = Vec::new();
     for id in command.get_array("cursors").into_iter().flatten() {
         if let Bson::Int64(n) = id {
-            if state.cursors.remove(n).is_some() {
+            if state.cursors.remove(n).is_some() || state.find_cursors.remove(n).is_some() {
                 killed.push(Bson::Int64(*n));
             } else {
                 missing.push(Bson::Int64(*n));
@@ -1327,6 +1443,128 @@ mod tests {
                 .ok(),
             Some(1.0)
         );
+    }
+
+    #[test]
+    fn find_reads_ranges_now_and_at_a_snapshot_time() {
+        let server = ChangeStreamServer::start().expect("start");
+        server.insert_many(
+            "d",
+            "c",
+            (0..10).map(|i| doc! { "_id": i, "v": 0 }).collect(),
+        );
+        let t0 = server.clock();
+        server.update("d", "c", 3, doc! { "v": 1 }, &[]);
+        server.delete("d", "c", 4);
+        server.insert("d", "c", doc! { "_id": 20, "v": 2 });
+        let mut c = TcpStream::connect(server.address()).expect("connect");
+        let ids = |reply: &Document, key: &str| -> Vec<i32> {
+            reply
+                .get_document("cursor")
+                .and_then(|c| c.get_array(key))
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|d| d.as_document()?.get_i32("_id").ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let at = Timestamp {
+            time: t0.0,
+            increment: t0.1,
+        };
+        let snap = call(
+            &mut c,
+            1,
+            doc! { "find": "c", "filter": { "_id": { "$gte": 2, "$lt": 6 } }, "sort": { "_id": 1 },
+            "batchSize": 2, "readConcern": { "level": "snapshot", "atClusterTime": at }, "$db": "d" },
+        );
+        assert_eq!(ids(&snap, "firstBatch"), vec![2, 3]);
+        let cursor = snap.get_document("cursor").expect("cursor");
+        assert_eq!(cursor.get_timestamp("atClusterTime").ok(), Some(at));
+        let id = cursor.get_i64("id").expect("id");
+        assert_ne!(id, 0);
+        let more = call(
+            &mut c,
+            2,
+            doc! { "getMore": id, "collection": "c", "$db": "d" },
+        );
+        assert_eq!(
+            ids(&more, "nextBatch"),
+            vec![4, 5],
+            "deleted 4 is still there at t0"
+        );
+        let now = call(
+            &mut c,
+            3,
+            doc! { "find": "c", "filter": { "_id": { "$gt": 2 } }, "projection": { "_id": 1 },
+            "skip": 1, "limit": 3, "readConcern": { "level": "majority" }, "$db": "d" },
+        );
+        assert_eq!(
+            ids(&now, "firstBatch"),
+            vec![5, 6, 7],
+            "4 is gone now, 3 skipped"
+        );
+        let last = call(
+            &mut c,
+            4,
+            doc! { "find": "c", "sort": { "_id": -1 }, "limit": 1, "readConcern": { "level": "snapshot" }, "$db": "d" },
+        );
+        assert_eq!(ids(&last, "firstBatch"), vec![20]);
+        let picked = last
+            .get_document("cursor")
+            .and_then(|c| c.get_timestamp("atClusterTime"))
+            .expect("the server picks the snapshot time");
+        assert_eq!((picked.time, picked.increment), server.clock());
+        let count = call(&mut c, 5, doc! { "count": "c", "$db": "d" });
+        assert_eq!(count.get_i64("n").ok(), Some(10));
+        let stats = call(&mut c, 6, doc! { "collStats": "c", "$db": "d" });
+        assert_eq!(stats.get_i64("count").ok(), Some(10));
+        assert!(stats.get_i64("avgObjSize").expect("avgObjSize") > 0);
+        assert_eq!(server.documents_at("d", "c", t0).len(), 10);
+        assert_eq!(
+            server
+                .documents("d", "c")
+                .iter()
+                .find(|d| d.get_i32("_id").ok() == Some(3))
+                .and_then(|d| d.get_i32("v").ok()),
+            Some(1)
+        );
+        server.truncate_history(server.clock());
+        let old = call(
+            &mut c,
+            7,
+            doc! { "find": "c", "readConcern": { "level": "snapshot", "atClusterTime": at }, "$db": "d" },
+        );
+        assert_eq!(old.get_i32("code").ok(), Some(239));
+        let bad = call(
+            &mut c,
+            8,
+            doc! { "find": "c", "filter": { "v": 1 }, "$db": "d" },
+        );
+        assert_eq!(bad.get_i32("code").ok(), Some(2));
+    }
+
+    #[test]
+    fn a_server_without_snapshot_reads_refuses_them_like_mongodb_4() {
+        let server = ChangeStreamServer::start_with(ServerOptions {
+            snapshot_reads: false,
+            ..ServerOptions::default()
+        })
+        .expect("start");
+        let mut c = TcpStream::connect(server.address()).expect("connect");
+        let refused = call(
+            &mut c,
+            1,
+            doc! { "find": "c", "readConcern": { "level": "snapshot" }, "$db": "d" },
+        );
+        assert_eq!(refused.get_i32("code").ok(), Some(72));
+        let majority = call(
+            &mut c,
+            2,
+            doc! { "find": "c", "readConcern": { "level": "majority" }, "$db": "d" },
+        );
+        assert_eq!(majority.get_f64("ok").ok(), Some(1.0));
     }
 
     #[test]
