@@ -78,6 +78,10 @@ pub enum OperationType {
     ReshardCollection,
     /// A collection's shard key was refined (expanded event).
     RefineCollectionShardKey,
+    /// changeflow's own (`"changeflowSnapshotReset"`, never sent by MongoDB): every document
+    /// of the namespace is retracted, because a re-snapshot at this time re-inserts what
+    /// exists (see [`crate::synthetic::reset`]).
+    SnapshotReset,
     /// An operation type changeflow does not know, kept with its name.
     Unknown(Arc<str>),
 }
@@ -102,6 +106,7 @@ impl OperationType {
             "shardCollection" => ShardCollection,
             "reshardCollection" => ReshardCollection,
             "refineCollectionShardKey" => RefineCollectionShardKey,
+            "changeflowSnapshotReset" => SnapshotReset,
             other => Unknown(other.into()),
         }
     }
@@ -124,6 +129,7 @@ impl OperationType {
             ShardCollection => "shardCollection",
             ReshardCollection => "reshardCollection",
             RefineCollectionShardKey => "refineCollectionShardKey",
+            SnapshotReset => "changeflowSnapshotReset",
             Unknown(name) => name,
         }
     }

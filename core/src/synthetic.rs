@@ -11,6 +11,16 @@
 //!   `"restore"`), for anyone reading a changelog.
 //!
 //! Synthetic tokens are never handed back to a server: a source resumes from real tokens only.
+//! A checkpoint whose token is synthetic ([`is_synthetic`]) stands for "everything up to and
+//! including the synthetic events at [`ResumeToken::cluster_time`]": a restart from it opens the
+//! stream at that time (`startAtOperationTime`) and drops what was released before the
+//! checkpoint's frontier.
+//!
+//! A re-snapshot at time `T1` emits, at `T1`, a [`reset`] of the namespace (phase 0: before
+//! everything else at `T1`), which document state reads as "retract every document of the
+//! namespace", then the snapshot's inserts (phase 1). Document state emits the net change per
+//! document at a time, so what leaves it at `T1` is exactly the difference between the old state
+//! and the snapshot.
 //!
 //! ```
 //! use changeflow_core::{synthetic, ClusterTime, Document, Namespace, OperationType};
@@ -25,7 +35,7 @@
 //! ```
 
 use crate::raw::{self, DocWriter, kind};
-use crate::{ChangeEvent, ClusterTime, Document, Error, Namespace};
+use crate::{ChangeEvent, ClusterTime, Document, Error, Namespace, OperationType, ResumeToken};
 
 /// Where a synthetic event comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,4 +113,57 @@ pub fn origin(event: &ChangeEvent) -> Option<&str> {
         .ok()
         .flatten()
         .and_then(|e| e.as_str())
+}
+
+/// A `changeflowSnapshotReset` event for `ns` at `time` (phase 0, so it sorts before every other
+/// event at `time`, synthetic or real): every document of `ns` is retracted, and the inserts of
+/// the re-snapshot that follow at `time` put back what exists.
+///
+/// ```
+/// use changeflow_core::{synthetic, ClusterTime, Namespace, OperationType};
+/// let ns = Namespace::new("shop", Some("orders"));
+/// let reset = synthetic::reset(&ns, ClusterTime::new(9, 1), synthetic::Origin::Snapshot)?;
+/// assert_eq!(reset.operation(), &OperationType::SnapshotReset);
+/// assert!(synthetic::is_synthetic(&reset.token()));
+/// let doc = changeflow_core::Document::from_bytes(bson::rawdoc! { "_id": 1 }.into_bytes()).unwrap();
+/// let insert = synthetic::insert(&ns, &doc, ClusterTime::new(9, 1), synthetic::Origin::Snapshot, 0)?;
+/// assert!(reset.token() < insert.token());
+/// # Ok::<(), changeflow_core::Error>(())
+/// ```
+pub fn reset(ns: &Namespace, time: ClusterTime, origin: Origin) -> Result<ChangeEvent, Error> {
+    let mut token = DocWriter::new();
+    token.append_str("_data", &token_data(time, 0, 0));
+    let mut namespace = DocWriter::new();
+    namespace.append_str("db", &ns.db);
+    if let Some(coll) = &ns.coll {
+        namespace.append_str("coll", coll);
+    }
+    let mut ts = Vec::with_capacity(8);
+    ts.extend_from_slice(&time.increment().to_le_bytes());
+    ts.extend_from_slice(&time.seconds().to_le_bytes());
+    let mut event = DocWriter::with_capacity(160);
+    event.append(kind::DOCUMENT, "_id", &token.finish());
+    event.append_str("operationType", OperationType::SnapshotReset.as_str());
+    event.append(kind::TIMESTAMP, "clusterTime", &ts);
+    event.append(kind::DOCUMENT, "ns", &namespace.finish());
+    event.append_str("changeflow", origin.as_str());
+    ChangeEvent::from_document(Document::from_trusted(event.finish()))
+}
+
+/// Whether `token` is a synthetic event's (its `_data` has `00` right after the time, where
+/// MongoDB's tokens have a type byte of at least `0x2B`).
+///
+/// ```
+/// use changeflow_core::{synthetic, ClusterTime, ResumeToken};
+/// let real = ResumeToken::from_data("8200000005000000012B0229296E04");
+/// let made = ResumeToken::from_data(&synthetic::token_data(ClusterTime::new(5, 1), 1, 0));
+/// assert!(!synthetic::is_synthetic(&real) && synthetic::is_synthetic(&made));
+/// ```
+pub fn is_synthetic(token: &ResumeToken) -> bool {
+    token.data().is_some_and(|d| {
+        d.len() >= 20
+            && d.is_char_boundary(20)
+            && &d[18..20] == "00"
+            && d[..2].eq_ignore_ascii_case("82")
+    })
 }

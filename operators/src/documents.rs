@@ -24,6 +24,10 @@
 //! * `delete`: the document is retracted.
 //! * `drop`: every document of the namespace is retracted; `dropDatabase` every document of the
 //!   database; `rename` moves the namespace's documents to `to`.
+//! * `changeflowSnapshotReset` (a re-snapshot, [`changeflow_core::synthetic::reset`]): every
+//!   document of the namespace is retracted; the snapshot's inserts at the same time follow it
+//!   (token order), so the net change emitted at that time is exactly the difference between the
+//!   old state and the snapshot. Like `drop`, it goes to every worker.
 //! * `invalidate`, DDL events and unknown types change no document; unknown types are counted.
 //!
 //! # Invariants
@@ -431,7 +435,9 @@ impl State {
                 self.set(ns_number, &id, None);
                 DocumentStats::bump(&stats.applied);
             }
-            OperationType::Drop => self.retract_namespaces(|n| n == ns_number, |_| false),
+            OperationType::Drop | OperationType::SnapshotReset => {
+                self.retract_namespaces(|n| n == ns_number, |_| false)
+            }
             OperationType::DropDatabase => {
                 let prefix = format!("{}.", ns.db);
                 self.retract_namespaces(|_| false, |name| name.starts_with(&prefix))

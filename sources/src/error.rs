@@ -86,15 +86,52 @@ pub enum SourceError {
         reason: String,
     },
     /// The resume point is no longer in the oplog (286 `ChangeStreamHistoryLost`); restarting
-    /// from "now" would skip events, so the source stops.
-    #[error("{stream}: change stream history lost (code 286) resuming from {from}: {message}")]
+    /// from "now" would skip events, so the source stops (the default
+    /// [`HistoryLostPolicy`](crate::live::HistoryLostPolicy); `Resnapshot` takes a new snapshot
+    /// instead). Names the token and the missing range: from the token's cluster time to the
+    /// oldest time the server still has, when the server says it.
+    #[error(
+        "{stream}: change stream history lost (code 286) resuming from {from}: the events from {missing_from} to {missing_to} are gone; restart with a re-snapshot (on_history_lost: Resnapshot) or from a newer checkpoint: {message}",
+        missing_from = at_or_unknown(*from_time),
+        missing_to = oldest.map_or_else(|| "the server's oldest retained time (unknown)".to_string(), |t| format!("{t} (the oldest time the server still has)"))
+    )]
     HistoryLost {
         /// The stream (redacted URI and namespace).
         stream: String,
         /// The resume point that is gone.
         from: String,
+        /// The cluster time of that resume point, if it has one.
+        from_time: Option<ClusterTime>,
+        /// The oldest time the server still has, if it could be learned.
+        oldest: Option<ClusterTime>,
         /// The server's message.
         message: String,
+    },
+    /// A snapshot read's cluster time is older than the server's retained history (239
+    /// `SnapshotTooOld`): the scan took longer than the server keeps snapshots
+    /// (`minSnapshotHistoryWindowInSeconds`, 300 s by default). The documents already emitted at
+    /// that time cannot be taken back without showing a partial snapshot, so the source stops;
+    /// raise the window, or scan faster (more `parallelism`), and restart.
+    #[error(
+        "{stream}: snapshot read at {at} failed: the server no longer has that time (code 239 SnapshotTooOld); raise minSnapshotHistoryWindowInSeconds or SnapshotOptions::parallelism and restart: {message}"
+    )]
+    SnapshotTooOld {
+        /// The stream.
+        stream: String,
+        /// The snapshot's cluster time.
+        at: ClusterTime,
+        /// The server's message.
+        message: String,
+    },
+    /// The initial snapshot (or a re-snapshot) could not be taken.
+    #[error("{stream}: snapshot ({option}) failed: {reason}")]
+    Snapshot {
+        /// The stream.
+        stream: String,
+        /// The option or phase concerned (`initial_snapshot`, `on_history_lost: Resnapshot`, …).
+        option: String,
+        /// What went wrong (server messages with passwords scrubbed).
+        reason: String,
     },
     /// The server cannot continue this stream (280 `ChangeStreamFatalError`).
     #[error("{stream}: change stream fatal error (code 280): {message}")]
@@ -254,4 +291,8 @@ impl SourceError {
             SourceError::Thread(_) | SourceError::RetriesExhausted { .. }
         )
     }
+}
+
+fn at_or_unknown(time: Option<ClusterTime>) -> String {
+    time.map_or_else(|| "an unknown time".to_string(), |t| t.to_string())
 }

@@ -225,10 +225,13 @@ impl Feed {
     /// Whether the source operator is still there (an idle reader should stop when it is not:
     /// its dataflow was dropped).
     pub fn is_connected(&self) -> bool {
-        !matches!(
-            self.sender.try_send(Message::Ping),
-            Err(std::sync::mpsc::TrySendError::Disconnected(_))
-        )
+        match self.sender.try_send(Message::Ping) {
+            // The ping must be drained like any message: without an activation, idle polls
+            // would fill the channel with pings and the next real message would block.
+            Ok(()) => self.activator.activate().is_ok(),
+            Err(std::sync::mpsc::TrySendError::Full(_)) => true,
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => false,
+        }
     }
 
     /// The time of the last event or progress received from the reader (events of an open

@@ -31,6 +31,101 @@ pub struct SourceStatus {
     failure: Mutex<Option<SourceError>>,
     position: Mutex<Option<(ClusterTime, Option<ResumeToken>)>>,
     grouping: Mutex<GroupingCounts>,
+    snapshot: Mutex<Option<SnapshotProgress>>,
+}
+
+/// How a snapshot reads the collection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// `readConcern: {level: "snapshot", atClusterTime}`: every range at one time.
+    AtClusterTime,
+    /// The fallback on a server without snapshot reads: `majority` reads reconciled with the
+    /// change stream (see [`crate::live::snapshot`]).
+    Majority,
+}
+
+/// Progress of a snapshot scan (initial or re-snapshot), for a progress display; read it with
+/// [`SourceStatus::snapshot_progress`].
+///
+/// ```
+/// use std::time::Duration;
+/// use changeflow_sources::status::{SnapshotMode, SnapshotProgress};
+/// let p = SnapshotProgress {
+///     namespace: "shop.orders".into(), mode: SnapshotMode::AtClusterTime, at: None,
+///     ranges: 4, scanned: 25_000, estimated_total: Some(100_000),
+///     elapsed: Duration::from_secs(1), done: false,
+/// };
+/// assert_eq!(p.documents_per_second(), 25_000.0);
+/// assert_eq!(p.estimated_remaining(), Some(Duration::from_secs(3)));
+/// assert!(p.to_string().contains("25000 of ~100000 documents"));
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotProgress {
+    /// The collection (`db.coll`).
+    pub namespace: String,
+    /// How it is read.
+    pub mode: SnapshotMode,
+    /// The time the snapshot is emitted at, once known.
+    pub at: Option<ClusterTime>,
+    /// How many `_id` ranges are read in parallel.
+    pub ranges: usize,
+    /// Documents read so far.
+    pub scanned: u64,
+    /// The collection's size when the scan began (`count`), if the server said.
+    pub estimated_total: Option<u64>,
+    /// Time since the scan began.
+    pub elapsed: std::time::Duration,
+    /// Whether every document is emitted.
+    pub done: bool,
+}
+
+impl SnapshotProgress {
+    /// Documents read per second so far.
+    pub fn documents_per_second(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.scanned as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Time left at the current rate, from the estimated total (`None` without an estimate or
+    /// a rate).
+    pub fn estimated_remaining(&self) -> Option<std::time::Duration> {
+        if self.done {
+            return Some(std::time::Duration::ZERO);
+        }
+        let total = self.estimated_total?;
+        let rate = self.documents_per_second();
+        (rate > 0.0).then(|| {
+            std::time::Duration::from_secs_f64(total.saturating_sub(self.scanned) as f64 / rate)
+        })
+    }
+}
+
+impl std::fmt::Display for SnapshotProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "snapshot of {}", self.namespace)?;
+        if let Some(at) = self.at {
+            write!(f, " at {at}")?;
+        }
+        write!(f, ": {}", self.scanned)?;
+        if let Some(total) = self.estimated_total {
+            write!(f, " of ~{total}")?;
+        }
+        write!(
+            f,
+            " documents, {:.0} documents/s, {} ranges",
+            self.documents_per_second(),
+            self.ranges
+        )?;
+        match (self.done, self.estimated_remaining()) {
+            (true, _) => f.write_str(", done"),
+            (false, Some(left)) => write!(f, ", ~{:.1} s left", left.as_secs_f64()),
+            (false, None) => Ok(()),
+        }
+    }
 }
 
 impl SourceStatus {
@@ -76,6 +171,18 @@ impl SourceStatus {
     /// several clusterTimes.
     pub fn transactions(&self) -> GroupingCounts {
         self.grouping.lock().map(|g| *g).unwrap_or_default()
+    }
+
+    /// The progress of the snapshot being taken, or of the last one (`None` if the source took
+    /// none): documents scanned, documents/s, estimated time left.
+    pub fn snapshot_progress(&self) -> Option<SnapshotProgress> {
+        self.snapshot.lock().ok().and_then(|p| p.clone())
+    }
+
+    pub(crate) fn set_snapshot_progress(&self, progress: SnapshotProgress) {
+        if let Ok(mut p) = self.snapshot.lock() {
+            *p = Some(progress);
+        }
     }
 
     pub(crate) fn set_grouping(&self, counts: GroupingCounts) {

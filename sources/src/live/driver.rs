@@ -21,6 +21,7 @@ use mongodb::options::{
 use super::cosmos::SourceClock;
 use super::policy::{Class, classify};
 use super::redact::{Secrets, redact_uri};
+use super::snapshot::{self, HistoryLostPolicy};
 use super::split::Reassembler;
 use super::{
     FullDocument, FullDocumentBeforeChange, InvalidatePolicy, LiveOptions, StartAt, WatchTarget,
@@ -96,8 +97,66 @@ pub(crate) fn follow(out: &mut impl Output, options: &LiveOptions) -> Result<(),
     if options.cosmos.as_ref().is_some_and(|c| c.per_partition) {
         runtime.block_on(partitions::follow(out, options, clock))
     } else {
-        runtime.block_on(Reader::new(options, clock).run(out))
+        runtime.block_on(follow_with_snapshots(out, options, clock))
     }
+}
+
+/// Follows a stream that may begin with an initial snapshot and re-snapshot when its history
+/// is lost (see [`super::snapshot`]); otherwise just the [`Reader`].
+async fn follow_with_snapshots(
+    out: &mut impl Output,
+    options: &LiveOptions,
+    clock: Arc<Mutex<SourceClock>>,
+) -> Result<(), Stop> {
+    let resnapshot = options.on_history_lost == HistoryLostPolicy::Resnapshot;
+    if !options.takes_initial_snapshot() && !resnapshot {
+        return Reader::new(options, clock).run(out).await;
+    }
+    let client = Reader::new(options, Arc::clone(&clock)).connect().await?;
+    let result = async {
+        let mut current = options.clone();
+        let mut drop_through = None;
+        let mut released = ClusterTime::MIN;
+        if options.takes_initial_snapshot() {
+            let at = snapshot::take(&client, options, out, false, released).await?;
+            current.start = StartAt::OperationTime(at);
+            drop_through = Some(at);
+            released = at;
+        }
+        loop {
+            let (result, frontier) = {
+                let mut reader = Reader::new(&current, Arc::clone(&clock));
+                reader.drop_through = drop_through;
+                let result = reader.follow(&client, out).await;
+                (result, reader.frontier)
+            };
+            released = released.max(frontier);
+            match result {
+                Err(Stop::Failed(SourceError::HistoryLost { .. })) if resnapshot => {
+                    let at = snapshot::take(&client, &current, out, true, released).await?;
+                    current.start = StartAt::OperationTime(at);
+                    drop_through = Some(at);
+                    released = at;
+                }
+                other => return other,
+            }
+        }
+    }
+    .await;
+    client.shutdown().immediate(true).await;
+    result
+}
+
+/// The oldest time a 286 message names (`Timestamp(t, i)`, as the test server says it), if any.
+fn oldest_in(message: &str) -> Option<ClusterTime> {
+    let at = message.rfind("Timestamp(")?;
+    let rest = &message[at + "Timestamp(".len()..];
+    let inside = &rest[..rest.find(')')?];
+    let (t, i) = inside.split_once(',')?;
+    Some(ClusterTime::new(
+        t.trim().parse().ok()?,
+        i.trim().parse().ok()?,
+    ))
 }
 
 /// Where to reopen the stream.
@@ -153,6 +212,8 @@ struct Reader<'a> {
     last_ordered: Option<ResumeToken>,
     /// The latest time sent (event or progress): no later event may be earlier.
     frontier: ClusterTime,
+    /// Events at or below this time are dropped: a snapshot emitted at it contains them.
+    drop_through: Option<ClusterTime>,
 }
 
 fn to_driver(token: &ResumeToken) -> Result<DriverToken, String> {
@@ -160,7 +221,7 @@ fn to_driver(token: &ResumeToken) -> Result<DriverToken, String> {
         .map_err(|e| format!("resume token {token}: {e}"))
 }
 
-fn from_driver(token: &DriverToken) -> Option<ResumeToken> {
+pub(crate) fn from_driver(token: &DriverToken) -> Option<ResumeToken> {
     bson::serialize_to_raw_document_buf(token)
         .ok()
         .map(|raw| ResumeToken::from_document(Document::from(raw)))
@@ -191,6 +252,7 @@ impl<'a> Reader<'a> {
             last_token: "the start".into(),
             last_ordered: None,
             frontier: ClusterTime::MIN,
+            drop_through: None,
         }
     }
 
@@ -389,6 +451,13 @@ impl<'a> Reader<'a> {
                         self.last_ordered = Some(token.clone());
                     }
                     let time = event.cluster_time();
+                    if self.drop_through.is_some_and(|through| time <= through) {
+                        // Already in the snapshot emitted at `through`.
+                        if let Ok(t) = to_driver(&token) {
+                            self.position = Position::After(t);
+                        }
+                        continue;
+                    }
                     if time < self.frontier {
                         out.events(std::mem::take(&mut batch))?;
                         return Err(Stop::Failed(SourceError::LiveOutOfOrder {
@@ -553,11 +622,30 @@ impl<'a> Reader<'a> {
         let last = message.clone();
         let definite = match class {
             Class::Transient | Class::Throttled => None,
-            Class::HistoryLost => Some(SourceError::HistoryLost {
-                stream,
-                from,
-                message,
-            }),
+            Class::HistoryLost => {
+                let (from, from_time) = match &self.position {
+                    Position::After(t) | Position::StartAfter(t) => match from_driver(t) {
+                        Some(token) => (token.to_string(), token.cluster_time()),
+                        None => (from, None),
+                    },
+                    Position::Original => match &self.options.start {
+                        StartAt::ResumeAfter(t) | StartAt::StartAfter(t) => {
+                            (t.to_string(), t.cluster_time())
+                        }
+                        StartAt::OperationTime(t) => {
+                            (format!("startAtOperationTime {t}"), Some(*t))
+                        }
+                        StartAt::Now => (from, None),
+                    },
+                };
+                Some(SourceError::HistoryLost {
+                    stream,
+                    from,
+                    from_time,
+                    oldest: oldest_in(&message),
+                    message,
+                })
+            }
             Class::Fatal => Some(SourceError::ChangeStreamFatal { stream, message }),
             Class::InvalidToken => Some(SourceError::InvalidResumeToken {
                 stream,

@@ -55,6 +55,7 @@ pub mod cosmos;
 pub mod pipeline;
 pub mod policy;
 pub mod redact;
+pub mod snapshot;
 pub mod split;
 
 #[cfg(feature = "live")]
@@ -220,6 +221,12 @@ pub struct LiveOptions {
     /// Drop every event released before this time: set by a restart from a checkpoint at this
     /// frontier (see [`LiveOptions::resume_from_checkpoint`]).
     pub skip_before: Option<ClusterTime>,
+    /// Read the collection's existing documents first (a collection target with no resume
+    /// point: [`StartAt::Now`]); see [`snapshot`]. A restart from a checkpoint token takes no
+    /// snapshot.
+    pub initial_snapshot: Option<snapshot::SnapshotOptions>,
+    /// What to do when the stream's history is gone (286); see [`snapshot::HistoryLostPolicy`].
+    pub on_history_lost: snapshot::HistoryLostPolicy,
     status: Arc<SourceStatus>,
 }
 
@@ -246,6 +253,8 @@ impl LiveOptions {
             batch: 1024,
             stopper: Stopper::default(),
             skip_before: None,
+            initial_snapshot: None,
+            on_history_lost: snapshot::HistoryLostPolicy::Fail,
             status: SourceStatus::new(),
         }
     }
@@ -271,8 +280,10 @@ impl LiveOptions {
 
     /// Restarts from a checkpoint: the frontier `F` and checkpoint token `K` that a
     /// [`SourceStatus::position`] gave. The stream resumes after `K` (or, for `None`, where it
-    /// first started) and events released before `F` are dropped, so the source emits exactly
-    /// what was not emitted before `F`.
+    /// first started: with [`LiveOptions::initial_snapshot`], a new snapshot) and events released
+    /// before `F` are dropped, so the source emits exactly what was not emitted before `F`.
+    /// A synthetic `K` (the last event out was a snapshot's, see
+    /// [`changeflow_core::synthetic`]) resumes with `startAtOperationTime` at its time.
     ///
     /// ```
     /// use changeflow_core::{ClusterTime, ResumeToken};
@@ -284,15 +295,45 @@ impl LiveOptions {
     /// assert_eq!(o.skip_before, Some(ClusterTime::new(6, 0)));
     /// ```
     pub fn resume_from_checkpoint(&mut self, frontier: ClusterTime, token: Option<ResumeToken>) {
-        if let Some(token) = token {
-            self.start = StartAt::ResumeAfter(token);
+        match (
+            token.as_ref().and_then(|t| {
+                changeflow_core::synthetic::is_synthetic(t)
+                    .then(|| t.cluster_time())
+                    .flatten()
+            }),
+            token,
+        ) {
+            (Some(time), _) => self.start = StartAt::OperationTime(time),
+            (None, Some(token)) => self.start = StartAt::ResumeAfter(token),
+            (None, None) => {}
         }
         self.skip_before = Some(frontier);
     }
 
-    /// Checks the options that can be checked without a server (the pipeline).
+    /// Checks the options that can be checked without a server (the pipeline; snapshots need a
+    /// collection target).
     pub fn validate(&self) -> Result<(), SourceError> {
-        pipeline::check(&self.pipeline).map_err(|reason| SourceError::BadPipeline { reason })
+        pipeline::check(&self.pipeline).map_err(|reason| SourceError::BadPipeline { reason })?;
+        let snapshots = self.initial_snapshot.is_some()
+            || self.on_history_lost == snapshot::HistoryLostPolicy::Resnapshot;
+        if snapshots && !matches!(self.target, WatchTarget::Collection { .. }) {
+            return Err(SourceError::Snapshot {
+                stream: self.describe(),
+                option: if self.initial_snapshot.is_some() {
+                    "initial_snapshot".into()
+                } else {
+                    "on_history_lost: Resnapshot".into()
+                },
+                reason: "snapshots read one collection: watch a collection target".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether this run begins with an initial snapshot: one is asked for and the stream has no
+    /// resume point.
+    pub fn takes_initial_snapshot(&self) -> bool {
+        self.initial_snapshot.is_some() && self.start == StartAt::Now
     }
 }
 
@@ -320,6 +361,8 @@ impl fmt::Debug for LiveOptions {
             .field("idle_timeout", &self.idle_timeout)
             .field("batch", &self.batch)
             .field("skip_before", &self.skip_before)
+            .field("initial_snapshot", &self.initial_snapshot)
+            .field("on_history_lost", &self.on_history_lost)
             .finish_non_exhaustive()
     }
 }

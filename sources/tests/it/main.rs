@@ -13,4 +13,5 @@ mod real;
 mod record;
 mod resume;
 mod scopes;
+mod snapshot;
 mod support;

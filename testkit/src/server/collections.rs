@@ -144,6 +144,8 @@ pub struct IdRange {
     pub lower: Bound<IdKey>,
     /// The upper bound.
     pub upper: Bound<IdKey>,
+    /// Only these `_id`s (`$in`), if set.
+    pub ids: Option<Vec<IdKey>>,
 }
 
 impl IdRange {
@@ -152,10 +154,11 @@ impl IdRange {
         IdRange {
             lower: Bound::Unbounded,
             upper: Bound::Unbounded,
+            ids: None,
         }
     }
 
-    /// The range a `find` filter selects: `{}`, `{_id: v}`, `{_id: {$gte/$gt/$lt/$lte/$eq}}`,
+    /// The range a `find` filter selects: `{}`, `{_id: v}`, `{_id: {$gte/$gt/$lt/$lte/$eq/$in}}`,
     /// or `$and` of those. Anything else is refused with a message.
     pub fn from_filter(filter: &Document) -> Result<Self, String> {
         let mut range = IdRange::all();
@@ -182,6 +185,19 @@ impl IdRange {
                             "$gt" => self.lower_to(Bound::Excluded(k)),
                             "$lte" => self.upper_to(Bound::Included(k)),
                             "$lt" => self.upper_to(Bound::Excluded(k)),
+                            "$in" => {
+                                let Bson::Array(values) = bound else {
+                                    return Err("$in needs an array".into());
+                                };
+                                let mut ids: Vec<IdKey> =
+                                    values.iter().cloned().map(IdKey).collect();
+                                ids.sort();
+                                ids.dedup();
+                                if let Some(previous) = &self.ids {
+                                    ids.retain(|k| previous.contains(k));
+                                }
+                                self.ids = Some(ids);
+                            }
                             "$eq" => {
                                 self.lower_to(Bound::Included(k.clone()));
                                 self.upper_to(Bound::Included(k));
@@ -363,7 +379,30 @@ impl Collections {
             }
             out.len() < limit
         };
-        if reverse {
+        if let Some(ids) = &range.ids {
+            let inside = |k: &IdKey| {
+                (match &range.lower {
+                    Bound::Included(l) => k >= l,
+                    Bound::Excluded(l) => k > l,
+                    Bound::Unbounded => true,
+                }) && (match &range.upper {
+                    Bound::Included(u) => k <= u,
+                    Bound::Excluded(u) => k < u,
+                    Bound::Unbounded => true,
+                })
+            };
+            let mut selected: Vec<&IdKey> = ids.iter().filter(|k| inside(k)).collect();
+            if reverse {
+                selected.reverse();
+            }
+            for k in selected {
+                if let Some(entry) = c.docs.get_key_value(k)
+                    && !push(entry)
+                {
+                    break;
+                }
+            }
+        } else if reverse {
             for entry in c.docs.range(bounds).rev() {
                 if !push(entry) {
                     break;

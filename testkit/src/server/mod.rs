@@ -1040,7 +1040,10 @@ fn aggregate(shared: &Shared, command: &Document) -> Document {
                 return error(
                     286,
                     "ChangeStreamHistoryLost",
-                    "Resume of change stream was not possible, as the resume point may no longer be in the oplog.",
+                    format!(
+                        "Resume of change stream was not possible, as the resume point may no longer be in the oplog. (test server: the oldest time in the oplog is Timestamp({}, {}))",
+                        state.history_start.0, state.history_start.1
+                    ),
                 );
             }
             if how == "resume" && token.ends_with(events::INVALIDATE_SUFFIX) {
