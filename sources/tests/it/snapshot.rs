@@ -15,6 +15,7 @@ use changeflow_sources::SourceError;
 use changeflow_sources::live::snapshot::{HistoryLostPolicy, SnapshotFallback, SnapshotOptions};
 use changeflow_sources::live::{LiveOptions, StartAt, WatchTarget, watch};
 use changeflow_sources::status::{SnapshotMode, SnapshotProgress};
+use changeflow_testkit::reference::ReferenceModel;
 use changeflow_testkit::server::{ChangeStreamServer, FailPoint, ServerOptions};
 use timely::dataflow::operators::Inspect;
 
@@ -86,10 +87,18 @@ fn assert_same(got: &BTreeMap<String, Document>, want: &BTreeMap<String, Documen
 }
 
 fn expected(server: &ChangeStreamServer) -> BTreeMap<String, Document> {
-    server
-        .documents(DB, COLL)
-        .into_iter()
-        .map(|d| (id_json(d.get("_id").unwrap()), d))
+    // The reference model over the server's whole log, independent of the server's own
+    // collections (which the snapshot reads).
+    let mut model = ReferenceModel::new();
+    for event in server.events() {
+        model.apply(&event).unwrap();
+    }
+    let ns = format!("{DB}.{COLL}");
+    model
+        .documents()
+        .iter()
+        .filter(|((n, _), _)| *n == ns)
+        .map(|(_, d)| (id_json(d.get("_id").unwrap()), d.clone()))
         .collect()
 }
 
@@ -232,7 +241,11 @@ fn hand_off(server: Arc<ChangeStreamServer>, fallback: SnapshotFallback) -> (Sta
     let stopper = stop.clone();
     let mut reported = false;
     let run = run_state(snapshot_options(&server, fallback), 2, move |status| {
-        if status.snapshot_progress().is_some_and(|p| p.done) {
+        // Writes stop near the end of the scan (the majority fallback settles once they do).
+        if status
+            .snapshot_progress()
+            .is_some_and(|p| p.done || p.scanned >= 90_000)
+        {
             if !reported {
                 eprintln!("scanned at {:?}", began.elapsed());
                 reported = true;
@@ -390,7 +403,14 @@ fn a_snapshot_older_than_the_retained_history_is_snapshot_too_old() {
 fn lose_history_mid_run(
     policy: HistoryLostPolicy,
 ) -> (Arc<ChangeStreamServer>, StateRun, Vec<i64>) {
-    let server = Arc::new(ChangeStreamServer::start().unwrap());
+    // Idle polls write no-ops, as a replica set does, so the frontier passes the last write.
+    let server = Arc::new(
+        ChangeStreamServer::start_with(ServerOptions {
+            noop_on_idle: true,
+            ..ServerOptions::default()
+        })
+        .unwrap(),
+    );
     seed(&server, 1000);
     let mut o = snapshot_options(&server, SnapshotFallback::Fail);
     o.on_history_lost = policy;
@@ -402,6 +422,7 @@ fn lose_history_mid_run(
     let changed_out = Arc::new(Mutex::new(Vec::new()));
     let changed_sink = changed_out.clone();
     let mut t0 = None;
+    let mut written = None;
     let clock = |s: &ChangeStreamServer| ClusterTime::new(s.clock().0, s.clock().1);
     let run = run_state(o, 2, move |status| {
         let progress = status.snapshot_progress();
@@ -411,29 +432,31 @@ fn lose_history_mid_run(
             // The initial snapshot is out and the stream took over: writes the stream sees.
             0 if done_at.is_some() => {
                 t0 = done_at;
-                s.update(DB, COLL, 1, doc! { "v": 1_i64 }, &[]);
-                s.update(DB, COLL, 2, doc! { "v": 2_i64 }, &[]);
+                s.update(DB, COLL, 1_i64, doc! { "v": 1_i64 }, &[]);
+                s.update(DB, COLL, 2_i64, doc! { "v": 2_i64 }, &[]);
+                written = Some(clock(&s));
                 step = 1;
             }
-            1 if frontier >= Some(clock(&s)) => {
+            // Both updates are out and their time closed.
+            1 if frontier > written => {
                 s.fail(FailPoint::delay("getMore", 1, Duration::from_millis(300)));
                 get_mores = s.commands_named("getMore").len();
                 step = 2;
             }
             2 if s.commands_named("getMore").len() > get_mores => {
                 // The source is "stopped" in a delayed getMore: the history moves on without it.
-                for id in 10..20 {
+                for id in 10..20_i64 {
                     s.update(DB, COLL, id, doc! { "v": 999_i64 }, &[]);
                     changed.push(id);
                 }
                 // An update that changes nothing in the end.
-                s.update(DB, COLL, 30, doc! { "v": 5_i64 }, &[]);
-                s.update(DB, COLL, 30, doc! { "v": 0_i64 }, &[]);
-                for id in 40..45 {
+                s.update(DB, COLL, 30_i64, doc! { "v": 5_i64 }, &[]);
+                s.update(DB, COLL, 30_i64, doc! { "v": 0_i64 }, &[]);
+                for id in 40..45_i64 {
                     s.delete(DB, COLL, id);
                     changed.push(id);
                 }
-                for id in 5000..5003 {
+                for id in 5000..5003_i64 {
                     s.insert(
                         DB,
                         COLL,
@@ -448,7 +471,7 @@ fn lose_history_mid_run(
             }
             // After the re-snapshot the stream goes on.
             3 if done_at > t0 && frontier > done_at => {
-                s.update(DB, COLL, 3, doc! { "v": 3_i64 }, &[]);
+                s.update(DB, COLL, 3_i64, doc! { "v": 3_i64 }, &[]);
                 step = 4;
             }
             _ => {}
@@ -470,7 +493,7 @@ fn history_lost_while_stopped_is_a_typed_error_naming_the_token_and_the_range() 
     let (frontier, token) = first.status.position().expect("a position");
     let token = token.expect("a checkpoint token");
     // Stopped: writes, and the oplog rolls over.
-    for id in 0..5 {
+    for id in 0..5_i64 {
         server.update(DB, COLL, id, doc! { "v": 1_i64 }, &[]);
     }
     server.truncate_history(server.clock());

@@ -695,7 +695,10 @@ fn push_locked(state: &mut State, event: Document) -> Result<(), PushError> {
                     .and_then(|k| k.get("_id"))
                 {
                     let now = state.model.get(&ns, id).cloned();
-                    state.data.record(&ns, id, time, now);
+                    // An update the model could not apply (no such document) changes nothing.
+                    if now.is_some() || operation != "update" {
+                        state.data.record(&ns, id, time, now);
+                    }
                 }
             }
         }
