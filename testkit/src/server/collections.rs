@@ -285,11 +285,11 @@ impl Collections {
             .map_or(0, |v| v.len());
         let c = self.by_ns.entry(ns.to_string()).or_default();
         let versions = c.docs.entry(IdKey(id.clone())).or_default();
-        if let Some(last) = versions.last() {
-            if last.doc.is_some() {
-                c.live -= 1;
-                c.bytes -= last.size;
-            }
+        if let Some(last) = versions.last()
+            && last.doc.is_some()
+        {
+            c.live -= 1;
+            c.bytes -= last.size;
         }
         if doc.is_some() {
             c.live += 1;
