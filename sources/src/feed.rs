@@ -83,6 +83,8 @@ pub struct Feed {
     starts: VecDeque<(ClusterTime, Option<ResumeToken>)>,
     /// Released events before this time are dropped (a restart from a checkpoint).
     skip_before: Option<ClusterTime>,
+    /// The token of the last event or progress read: where the stream is.
+    latest_token: Option<ResumeToken>,
 }
 
 /// The source operator has gone (its dataflow was dropped): the reader should stop.
@@ -116,11 +118,15 @@ impl Feed {
             "times must not decrease"
         );
         let mut out = Vec::with_capacity(batch.len());
-        for (event, time) in batch {
+        let n = batch.len();
+        for (i, (event, time)) in batch.into_iter().enumerate() {
             if time > self.last || self.starts.is_empty() {
                 self.starts.push_back((time, self.grouper.resume_token()));
             }
             self.last = time;
+            if i + 1 == n {
+                self.latest_token = Some(event.token());
+            }
             self.grouper.push(event, time, &mut out);
         }
         // More events may follow at the input's last time, or at an open transaction's.
@@ -171,6 +177,9 @@ impl Feed {
     ) -> Result<(), Disconnected> {
         if time > self.last {
             self.last = time;
+            if token.is_some() {
+                self.latest_token = token.clone();
+            }
             let mut out = Vec::new();
             self.grouper.advance(time, &mut out);
             let frontier = self.grouper.safe_time().map_or(time, |open| open.min(time));
@@ -187,6 +196,11 @@ impl Feed {
         self.grouper.finish(&mut out);
         let token = self.checkpoint_token(self.last, None);
         if self.flush(out, self.last, token).is_ok() {
+            // Everything is out: a restart resumes after the latest token and emits nothing
+            // at or before the last time.
+            if let Some(after) = self.last.successor() {
+                self.status.offer_candidate(after, &self.latest_token);
+            }
             let _ = self.send(Message::End);
         }
     }
@@ -211,6 +225,9 @@ impl Feed {
             self.status.add_skipped((before - out.len()) as u64);
         }
         let frontier = frontier.max(self.sent);
+        if frontier > self.sent {
+            self.status.offer_candidate(frontier, &token);
+        }
         if !out.is_empty() {
             self.sent = frontier;
             self.send(Message::Events(out, frontier, token))
@@ -267,6 +284,7 @@ where
                 status: Arc::clone(&status),
                 starts: VecDeque::new(),
                 skip_before: None,
+                latest_token: None,
             };
             let spawned = std::thread::Builder::new()
                 .name(thread_name)
