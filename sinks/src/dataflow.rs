@@ -38,11 +38,11 @@ use changeflow_operators::value::ValueType;
 use changeflow_operators::views::View;
 
 use crate::SinkError;
-use crate::checkpoint::{Checkpoints, Participant, ParticipantState};
 use crate::arrow::changelog_batches::document_changes;
 use crate::arrow::documents::{BatchStats, DocumentBatcher};
 use crate::arrow::schema::SchemaSource;
 use crate::arrow::{changelog_schema_of, changes_to_batch};
+use crate::checkpoint::{Checkpoints, Participant, ParticipantState};
 use crate::writer::BatchWriter;
 
 #[derive(Default)]

@@ -214,8 +214,8 @@ impl<F: FileFormat> Rolling<F> {
         for entry in entries {
             let entry = entry.map_err(|e| Self::error(&self.dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let temporary =
-                name.starts_with(&format!(".{prefix}")) && name.contains(&format!("{extension}.tmp-"));
+            let temporary = name.starts_with(&format!(".{prefix}"))
+                && name.contains(&format!("{extension}.tmp-"));
             let number = name
                 .strip_prefix(&prefix)
                 .and_then(|rest| rest.strip_suffix(&extension))

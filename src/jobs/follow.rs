@@ -191,7 +191,9 @@ pub fn run(options: &FollowOptions) -> Result<FollowReport, JobError> {
                 checkpoints.seal();
             }
             runtime::drive_until(worker, &probe, std::slice::from_ref(&status), || {
-                checkpoints.failed().then(|| "a checkpoint could not be written".to_string())
+                checkpoints
+                    .failed()
+                    .then(|| "a checkpoint could not be written".to_string())
             })
         }
     };
