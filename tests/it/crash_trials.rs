@@ -31,7 +31,7 @@ fn twenty_kill_9_trials_commit_every_change_exactly_once() {
             command
         }),
         checkpoint_ms: 50,
-        max_life: Duration::from_millis(900),
+        max_life: Duration::from_millis(1500),
     };
     let report = run(&options).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{report:?}");

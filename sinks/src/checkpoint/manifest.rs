@@ -28,7 +28,7 @@
 //! m.write(&dir)?;
 //! assert_eq!(Manifest::read(&dir)?, Some(m));
 //! # std::fs::remove_dir_all(&dir).ok();
-//! # Ok::<(), changeflow_sinks::SinkError>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::collections::BTreeMap;

@@ -155,6 +155,7 @@ impl FileWriter {
 }
 
 /// One state file read back: its kind, frontiers and records.
+#[derive(Debug)]
 pub struct StateFile {
     /// Whether it is a base (else a segment).
     pub base: bool,
@@ -588,4 +589,76 @@ pub fn attach<'scope>(
         },
     );
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(id: i32, n: i32) -> Document {
+        Document::from_bytes(bson::rawdoc! { "_id": id, "n": n }.into_bytes()).unwrap()
+    }
+
+    fn written(dir: &Path) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut w = FileWriter::create(
+            dir,
+            "seg-000001.cfstate",
+            KIND_SEGMENT,
+            ClusterTime::new(1, 0),
+        )
+        .unwrap();
+        w.record("a.b", &doc(1, 1), -1).unwrap();
+        w.record("a.b", &doc(1, 2), 1).unwrap();
+        w.finish(ClusterTime::new(5, 0), "none").unwrap().0
+    }
+
+    #[test]
+    fn a_state_file_reads_back_and_damage_or_another_layout_is_refused() {
+        let dir = std::env::temp_dir().join(format!("cf-state-file-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = written(&dir);
+        let file = read_file(&path).unwrap();
+        assert!(!file.base);
+        assert_eq!(
+            (file.from, file.to),
+            (ClusterTime::new(1, 0), ClusterTime::new(5, 0))
+        );
+        assert_eq!(
+            file.records,
+            vec![
+                ("a.b".to_string(), doc(1, 1), -1),
+                ("a.b".to_string(), doc(1, 2), 1),
+            ]
+        );
+        let good = std::fs::read(&path).unwrap();
+        // One flipped byte in a record: the checksum catches it.
+        let mut bad = good.clone();
+        bad[30] ^= 0x01;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(
+            read_file(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("damaged")
+        );
+        // Truncated: no trailer.
+        std::fs::write(&path, &good[..good.len() - 10]).unwrap();
+        assert!(
+            read_file(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("damaged")
+        );
+        // Another layout: refused by name, not misread.
+        let mut other = good.clone();
+        other[8..12].copy_from_slice(&2u32.to_le_bytes());
+        std::fs::write(&path, &other).unwrap();
+        let message = read_file(&path).unwrap_err().to_string();
+        assert!(
+            message.contains("state layout 2") && message.contains("(1)"),
+            "{message}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
