@@ -62,6 +62,8 @@ pub struct TrialReport {
     pub killed: usize,
     /// Children that aborted at an injected crash point.
     pub injected: usize,
+    /// Trials during which a checkpoint was committed before the child died.
+    pub advanced: usize,
     /// Checkpoints in the final manifest's sequence.
     pub checkpoints: u64,
     /// Events in the workload.
@@ -121,7 +123,7 @@ pub fn run(options: &TrialOptions) -> Result<TrialReport, String> {
         .ok_or("an empty workload")?;
     let server = ChangeStreamServer::start().map_err(|e| e.to_string())?;
     let start_at = format!("{}", config.start_time);
-    let spawn = |crash: Option<&str>| -> Result<Child, String> {
+    let spawn = |crash: Option<&str>, workers: usize| -> Result<Child, String> {
         let mut command = (options.follow)();
         command
             .args([
@@ -137,12 +139,15 @@ pub fn run(options: &TrialOptions) -> Result<TrialReport, String> {
             .args(["--start-at", &start_at])
             .args(["--checkpoint-ms", &options.checkpoint_ms.to_string()])
             .args(["--roll-rows", "400"])
+            // Small, so that bases are compacted (and crashed into) during the trials.
+            .args(["--compact-bytes", "20000"])
+            .args(["--workers", &workers.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(point) = crash {
             command
                 .env("CHANGEFLOW_CRASH_AT", point)
-                .env("CHANGEFLOW_CRASH_ODDS", "4");
+                .env("CHANGEFLOW_CRASH_ODDS", "3");
         }
         command
             .spawn()
@@ -156,21 +161,30 @@ pub fn run(options: &TrialOptions) -> Result<TrialReport, String> {
     let mut rng = Rng(options.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let share = events.len().div_ceil(options.trials.max(1));
     let mut pending = events.iter();
+    let committed = || -> Result<u64, String> {
+        Ok(Manifest::read(&state_dir)
+            .map_err(|e| e.to_string())?
+            .map_or(0, |m| m.checkpoint))
+    };
     for trial in 0..options.trials {
-        let crash = (trial % 3 == 2).then(|| CRASH_POINTS[rng.below(5) as usize]);
-        let mut child = spawn(crash)?;
+        let before = committed()?;
+        let crash = (trial % 2 == 1).then(|| CRASH_POINTS[rng.below(5) as usize]);
+        let mut child = spawn(crash, 1 + trial % 3 / 2)?;
         // This trial's share of the workload arrives while the child runs.
         let life =
             Duration::from_millis(50 + rng.below(options.max_life.as_millis().max(51) as u64 - 50));
         let begun = Instant::now();
         let chunk: Vec<&bson::Document> = pending.by_ref().take(share).collect();
-        for (i, event) in chunk.iter().enumerate() {
-            server
-                .push((*event).clone())
-                .map_err(|e| format!("push: {}", e.0))?;
-            if i % 64 == 63 {
-                std::thread::sleep(Duration::from_millis(1));
+        // Spread over 80 % of the child's life, 16 events at a time: kills land mid-batch.
+        let steps = chunk.len().div_ceil(16).max(1) as u32;
+        let pause = life.mul_f64(0.8) / steps;
+        for group in chunk.chunks(16) {
+            for event in group {
+                server
+                    .push((*event).clone())
+                    .map_err(|e| format!("push: {}", e.0))?;
             }
+            std::thread::sleep(pause);
         }
         if let Some(rest) = life.checked_sub(begun.elapsed()) {
             std::thread::sleep(rest);
@@ -192,6 +206,9 @@ pub fn run(options: &TrialOptions) -> Result<TrialReport, String> {
                 report.killed += 1;
             }
         }
+        if committed()? > before {
+            report.advanced += 1;
+        }
     }
     for event in pending {
         server
@@ -200,7 +217,7 @@ pub fn run(options: &TrialOptions) -> Result<TrialReport, String> {
     }
 
     // The last run catches up and is stopped gracefully.
-    let mut child = spawn(None)?;
+    let mut child = spawn(None, 2)?;
     // An idle replica set still moves its clock (periodic no-op writes), which is what lets an
     // idle stream's frontier pass its last event; the test server does it when asked.
     let deadline = Instant::now() + Duration::from_secs(if options.trials < 5 { 20 } else { 120 });

@@ -55,6 +55,8 @@ pub struct FollowOptions {
     pub roll_rows: u64,
     /// Timely worker threads.
     pub workers: usize,
+    /// When the persisted state is compacted into a new base.
+    pub state: state::StateOptions,
 }
 
 /// What a run did.
@@ -155,10 +157,11 @@ pub fn run(options: &FollowOptions) -> Result<FollowReport, JobError> {
             options.out.clone(),
             options.namespace.clone(),
         );
-        let (restore_events, restored, state_stats) = (
+        let (restore_events, restored, state_stats, state_options) = (
             restore_events.clone(),
             restored.clone(),
             state_stats.clone(),
+            options.state,
         );
         move |worker: &mut timely::worker::Worker| -> Result<(), String> {
             let writer = ParquetWriter::new(&out, "changes", parquet).map_err(|e| e.to_string())?;
@@ -173,7 +176,8 @@ pub fn run(options: &FollowOptions) -> Result<FollowReport, JobError> {
                 };
                 let events = events.concat(memory::from_events(scope, mine));
                 let documents = document_state(events, DocumentStats::new());
-                let stats = state::attach(documents.clone(), &checkpoints, &restored)?;
+                let stats =
+                    state::attach(documents.clone(), &checkpoints, &restored, state_options)?;
                 sink.attach_documents(
                     documents.clone(),
                     &namespace,
@@ -252,6 +256,10 @@ pub struct Args {
     /// End after this many seconds without an event
     #[arg(long)]
     pub idle_timeout: Option<f64>,
+    /// Compact the persisted state into a new base once the segments since the last base
+    /// exceed it and this many bytes
+    #[arg(long, default_value_t = 16 << 20)]
+    pub compact_bytes: u64,
 }
 
 fn parse_time(text: &str) -> Option<ClusterTime> {
@@ -284,6 +292,9 @@ pub fn main_with(args: Args) -> std::process::ExitCode {
         interval: Duration::from_millis(args.checkpoint_ms.max(1)),
         roll_rows: args.roll_rows,
         workers: args.workers,
+        state: state::StateOptions {
+            compact_min_bytes: args.compact_bytes,
+        },
     };
     match run(&options) {
         Ok(report) => {

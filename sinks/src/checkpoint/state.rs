@@ -36,6 +36,8 @@
 //! * The state at a checkpoint `F` is the manifest's files, read in order: the base, then each
 //!   segment's changes. It equals the document state at every time before `F`.
 //! * Files not named by the restored manifest were written after it and are deleted on restart.
+//! * The manifest's files chain: a base (if any) first, then segments, none starting before the
+//!   previous one ended; [`load`] refuses a list that does not.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -290,8 +292,22 @@ pub fn load(checkpoints: &Checkpoints) -> Result<Vec<(Namespace, Document)>, Sin
         }
     }
     let mut docs: HashMap<(Arc<str>, Vec<u8>), Document> = HashMap::new();
-    for name in &named {
+    let mut covered = ClusterTime::MIN;
+    for (i, name) in named.iter().enumerate() {
         let file = read_file(&dir.join(name))?;
+        // Files chain: a base only first, and no file starts before the previous one ended
+        // (a gap is a stretch without changes).
+        if (file.base && i > 0) || file.from < covered {
+            return Err(error(
+                &dir.join(name),
+                format!(
+                    "state files do not chain: this file starts at {} but the state before it \
+                     already covers up to {covered}",
+                    file.from
+                ),
+            ));
+        }
+        covered = file.to;
         for (ns, doc, diff) in file.records {
             let Some(key) = key_of(&ns, &doc) else {
                 return Err(error(&dir.join(name), "a document without _id"));
@@ -312,6 +328,23 @@ pub fn load(checkpoints: &Checkpoints) -> Result<Vec<(Namespace, Document)>, Sin
             (Namespace::new(db, Some(coll)), doc)
         })
         .collect())
+}
+
+/// How the state store compacts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateOptions {
+    /// A new base is written once the segments since the last base are larger than the base
+    /// and than this many bytes.
+    pub compact_min_bytes: u64,
+}
+
+impl Default for StateOptions {
+    /// Compaction from 16 MiB of segments.
+    fn default() -> Self {
+        StateOptions {
+            compact_min_bytes: 16 << 20,
+        }
+    }
 }
 
 /// What the state store has written.
@@ -339,6 +372,7 @@ struct Store {
     /// A base being written in the background: its name and, when done, its result.
     compaction: Option<(String, Arc<Mutex<Option<Result<u64, SinkError>>>>)>,
     stats: Arc<Mutex<StateStats>>,
+    options: StateOptions,
     failed: bool,
 }
 
@@ -423,11 +457,10 @@ impl Store {
             && let Some((name, _)) = self.compaction.take()
         {
             let bytes = result?;
-            if let Some(at) = self.files.iter().position(|(n, _)| *n > name) {
-                self.files.drain(..at);
-            } else {
-                self.files.clear();
-            }
+            // The base holds everything up to the checkpoint it was started at: the files
+            // numbered before it are replaced by it; the segments after it stay.
+            let number = number_of(&name);
+            self.files.retain(|(n, _)| number_of(n) > number);
             self.files.insert(0, (name, bytes));
             if let Ok(mut s) = self.stats.lock() {
                 s.bases += 1;
@@ -445,7 +478,9 @@ impl Store {
             .filter(|(n, _)| n.starts_with("seg-"))
             .map(|(_, b)| b)
             .sum();
-        if self.compaction.is_none() && segment_bytes > base_bytes.max(1 << 20) {
+        if self.compaction.is_none()
+            && segment_bytes > base_bytes.max(self.options.compact_min_bytes)
+        {
             self.start_compaction(frontier)?;
         }
         if let Ok(mut s) = self.stats.lock() {
@@ -528,6 +563,7 @@ pub fn attach<'scope>(
     documents: Documents<'scope>,
     checkpoints: &Checkpoints,
     restored: &[(Namespace, Document)],
+    options: StateOptions,
 ) -> Result<Arc<Mutex<StateStats>>, SinkError> {
     let stats = Arc::new(Mutex::new(StateStats::default()));
     if documents.scope().index() != 0 {
@@ -572,6 +608,7 @@ pub fn attach<'scope>(
         docs,
         compaction: None,
         stats: Arc::clone(&stats),
+        options,
         failed: false,
     }));
     let store2 = Arc::clone(&store);
