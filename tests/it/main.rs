@@ -3,6 +3,7 @@
 
 mod arrow_interop;
 mod bad_input;
+mod checkpoints;
 mod crash_trials;
 mod follow;
 mod handles;
