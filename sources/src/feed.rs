@@ -199,7 +199,7 @@ impl Feed {
             // Everything is out: a restart resumes after the latest token and emits nothing
             // at or before the last time.
             if let Some(after) = self.last.successor() {
-                self.status.offer_candidate(after, &self.latest_token);
+                self.status.record_candidate(after, &self.latest_token);
             }
             let _ = self.send(Message::End);
         }

@@ -109,12 +109,18 @@ impl SourceStatus {
     /// Records a checkpoint candidate if one was asked for (called by the feed before it sends
     /// the frontier `time`).
     pub(crate) fn offer_candidate(&self, time: ClusterTime, token: &Option<ResumeToken>) {
-        if self.checkpoint_wanted.swap(false, Ordering::SeqCst)
-            && let Ok(mut c) = self.candidates.lock()
+        if self.checkpoint_wanted.swap(false, Ordering::SeqCst) {
+            self.record_candidate(time, token);
+        }
+    }
+
+    /// Records a checkpoint candidate whether or not one was asked for: the input ended, and a
+    /// final checkpoint covers everything read.
+    pub(crate) fn record_candidate(&self, time: ClusterTime, token: &Option<ResumeToken>) {
+        if let Ok(mut c) = self.candidates.lock()
+            && c.last().is_none_or(|(t, _)| *t < time)
         {
-            if c.last().is_none_or(|(t, _)| *t < time) {
-                c.push((time, token.clone()));
-            }
+            c.push((time, token.clone()));
         }
     }
 
