@@ -248,6 +248,7 @@ pub fn run(options: &TrialOptions) -> Result<TrialReport, String> {
         server.noop();
         std::thread::sleep(Duration::from_millis(50));
     }
+    let before_stop = committed()?;
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -262,9 +263,12 @@ pub fn run(options: &TrialOptions) -> Result<TrialReport, String> {
             read_stderr(&mut child)
         ));
     }
-    report.checkpoints = Manifest::read(&state_dir)
-        .map_err(|e| e.to_string())?
-        .map_or(0, |m| m.checkpoint);
+    report.checkpoints = committed()?;
+    if report.checkpoints <= before_stop {
+        return Err(format!(
+            "a graceful stop must commit a final checkpoint (still {before_stop})"
+        ));
+    }
 
     check_changelog(&changelog, &model, total, &mut report)?;
     check_state(&state_dir, &model, &mut report)?;

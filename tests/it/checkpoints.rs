@@ -53,7 +53,8 @@ fn run(
             .enumerate()
             .map(|(i, (ns, doc))| {
                 let at = ClusterTime::from_u64(f.as_u64() - 1);
-                synthetic::insert(ns, doc, at, synthetic::Origin::Restore, i as u64).unwrap()
+                synthetic::insert(ns, doc, at, synthetic::Origin::Restore, i as u64)
+                    .expect("checkpoint test")
             })
             .collect(),
         None => Vec::new(),
@@ -64,19 +65,19 @@ fn run(
         let writer = {
             let seen = seen.clone();
             CallbackWriter::new(move |delivery: Delivery<'_>| {
-                let mut seen = seen.lock().unwrap();
+                let mut seen = seen.lock().expect("checkpoint test");
                 match delivery {
                     Delivery::Batch(batch) => {
-                        let times = batch.column_by_name("_time").unwrap();
+                        let times = batch.column_by_name("_time").expect("checkpoint test");
                         let times = times
                             .as_any()
                             .downcast_ref::<arrow_array::UInt64Array>()
-                            .unwrap();
-                        let diffs = batch.column_by_name("_diff").unwrap();
+                            .expect("checkpoint test");
+                        let diffs = batch.column_by_name("_diff").expect("checkpoint test");
                         let diffs = diffs
                             .as_any()
                             .downcast_ref::<arrow_array::Int64Array>()
-                            .unwrap();
+                            .expect("checkpoint test");
                         for i in 0..batch.num_rows() {
                             seen.rows.push((times.value(i), diffs.value(i)));
                         }
@@ -104,7 +105,7 @@ fn run(
                 &restored,
                 state::StateOptions::default(),
             )
-            .unwrap();
+            .expect("checkpoint test");
             sink2.attach_documents(
                 documents.clone(),
                 "bank.accounts",
@@ -128,7 +129,7 @@ fn run(
 
 fn bank_file(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("bank.jsonl");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("checkpoint test"));
     bank::write_json_lines(
         BankConfig {
             seed: 3,
@@ -138,7 +139,7 @@ fn bank_file(dir: &Path) -> std::path::PathBuf {
         },
         &mut out,
     )
-    .unwrap();
+    .expect("checkpoint test");
     drop(out);
     path
 }
@@ -149,14 +150,20 @@ fn a_sink_that_cannot_commit_stops_the_pipeline_and_no_frontier_is_recorded_past
     let input = bank_file(&dir);
     let state_dir = dir.join("state");
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let error = run(&input, &state_dir, seen.clone(), Some(5)).unwrap_err();
+    let error = run(&input, &state_dir, seen.clone(), Some(5)).expect_err("checkpoint test");
     assert!(error.contains("No space left on device"), "{error}");
     let manifest = Manifest::read(&state_dir)
-        .unwrap()
+        .expect("checkpoint test")
         .expect("some checkpoints before the failure");
     // Every time before the recorded frontier was delivered and committed by the sink.
-    let seen = seen.lock().unwrap();
-    let committed = seen.commits.iter().flatten().max().copied().unwrap();
+    let seen = seen.lock().expect("checkpoint test");
+    let committed = seen
+        .commits
+        .iter()
+        .flatten()
+        .max()
+        .copied()
+        .expect("checkpoint test");
     assert!(
         manifest.frontier <= committed,
         "{} > {committed}",
@@ -172,34 +179,36 @@ fn a_restarted_replay_emits_exactly_what_the_first_run_did_not_commit() {
     // The first run fails after a few commits (its sink fails), leaving checkpoints behind.
     let first = Arc::new(Mutex::new(Seen::default()));
     assert!(run(&input, &state_dir, first.clone(), Some(8)).is_err());
-    let manifest = Manifest::read(&state_dir).unwrap().expect("a checkpoint");
+    let manifest = Manifest::read(&state_dir)
+        .expect("checkpoint test")
+        .expect("a checkpoint");
     let frontier = manifest.frontier.as_u64();
     // The restart runs to the end.
     let second = Arc::new(Mutex::new(Seen::default()));
-    run(&input, &state_dir, second.clone(), None).unwrap();
+    run(&input, &state_dir, second.clone(), None).expect("checkpoint test");
     // A reference run without failures.
     let whole = Arc::new(Mutex::new(Seen::default()));
-    run(&input, &dir.join("state-whole"), whole.clone(), None).unwrap();
+    run(&input, &dir.join("state-whole"), whole.clone(), None).expect("checkpoint test");
     let committed_first: Vec<(u64, i64)> = first
         .lock()
-        .unwrap()
+        .expect("checkpoint test")
         .rows
         .iter()
         .copied()
         .filter(|(t, _)| *t < frontier)
         .collect();
     let mut both = committed_first;
-    both.extend(second.lock().unwrap().rows.iter().copied());
+    both.extend(second.lock().expect("checkpoint test").rows.iter().copied());
     assert!(
         second
             .lock()
-            .unwrap()
+            .expect("checkpoint test")
             .rows
             .iter()
             .all(|(t, _)| *t >= frontier)
     );
     both.sort();
-    let mut expected = whole.lock().unwrap().rows.clone();
+    let mut expected = whole.lock().expect("checkpoint test").rows.clone();
     expected.sort();
     assert_eq!(both.len(), expected.len());
     assert_eq!(

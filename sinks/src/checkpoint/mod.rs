@@ -414,7 +414,7 @@ pub fn crash_point(point: &str) {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() as u64)
         .unwrap_or(0);
-    if (seed ^ nanos.wrapping_mul(0xBF58_476D_1CE4_E5B9)) % odds == 0 {
+    if (seed ^ nanos.wrapping_mul(0xBF58_476D_1CE4_E5B9)).is_multiple_of(odds) {
         eprintln!("changeflow: injected crash at {point}");
         std::process::abort();
     }

@@ -264,8 +264,14 @@ pub fn state_dir(checkpoints: &Checkpoints) -> PathBuf {
     checkpoints.dir().join("state")
 }
 
+/// A document's key in memory: its namespace and its `_id` (type byte + value).
+type Key = (Arc<str>, Vec<u8>);
+
+/// A base being written in the background: its file name and, once done, its size or error.
+type Compaction = (String, Arc<Mutex<Option<Result<u64, SinkError>>>>);
+
 /// Key of a document in the in-memory copy.
-fn key_of(ns: &str, doc: &Document) -> Option<(Arc<str>, Vec<u8>)> {
+fn key_of(ns: &str, doc: &Document) -> Option<Key> {
     let id = raw::get(doc.as_bytes(), "_id").ok().flatten()?;
     let mut key = Vec::with_capacity(id.value.len() + 1);
     key.push(id.kind);
@@ -291,7 +297,7 @@ pub fn load(checkpoints: &Checkpoints) -> Result<Vec<(Namespace, Document)>, Sin
             }
         }
     }
-    let mut docs: HashMap<(Arc<str>, Vec<u8>), Document> = HashMap::new();
+    let mut docs: HashMap<Key, Document> = HashMap::new();
     let mut covered = ClusterTime::MIN;
     for (i, name) in named.iter().enumerate() {
         let file = read_file(&dir.join(name))?;
@@ -319,7 +325,7 @@ pub fn load(checkpoints: &Checkpoints) -> Result<Vec<(Namespace, Document)>, Sin
             }
         }
     }
-    let mut out: Vec<((Arc<str>, Vec<u8>), Document)> = docs.into_iter().collect();
+    let mut out: Vec<(Key, Document)> = docs.into_iter().collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out
         .into_iter()
@@ -368,9 +374,9 @@ struct Store {
     files: Vec<(String, u64)>,
     open: Option<FileWriter>,
     last: ClusterTime,
-    docs: HashMap<(Arc<str>, Vec<u8>), (Arc<str>, Document)>,
+    docs: HashMap<Key, (Arc<str>, Document)>,
     /// A base being written in the background: its name and, when done, its result.
-    compaction: Option<(String, Arc<Mutex<Option<Result<u64, SinkError>>>>)>,
+    compaction: Option<Compaction>,
     stats: Arc<Mutex<StateStats>>,
     options: StateOptions,
     failed: bool,
