@@ -166,7 +166,7 @@ impl ArrowSink {
                 }
                 Err(e) => {
                     p.fail(SinkError::Checkpoint {
-                        path: PathBuf::new(),
+                        path: PathBuf::from(format!("sink `{}`", p.name())),
                         reason: e.to_string(),
                     });
                     self.with(|s| s.error = Some(e));

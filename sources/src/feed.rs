@@ -78,9 +78,10 @@ pub struct Feed {
     sent: ClusterTime,
     grouper: CommitGrouper,
     status: Arc<SourceStatus>,
-    /// For each time at or after the frontier that an event started, the grouper's resume
-    /// token just before that event: where a restart must begin to see that time again.
-    starts: VecDeque<(ClusterTime, Option<ResumeToken>)>,
+    /// For each time at or after the frontier that an event started, the event whose token is
+    /// the grouper's resume token just before it: where a restart must begin to see that time
+    /// again (events, not tokens, so the hot path builds no token).
+    starts: VecDeque<(ClusterTime, Option<ChangeEvent>)>,
     /// Released events before this time are dropped (a restart from a checkpoint).
     skip_before: Option<ClusterTime>,
     /// The token of the last event or progress read: where the stream is.
@@ -121,7 +122,8 @@ impl Feed {
         let n = batch.len();
         for (i, (event, time)) in batch.into_iter().enumerate() {
             if time > self.last || self.starts.is_empty() {
-                self.starts.push_back((time, self.grouper.resume_token()));
+                let before = self.grouper.resume_event().cloned();
+                self.starts.push_back((time, before));
             }
             self.last = time;
             if i + 1 == n {
@@ -154,15 +156,25 @@ impl Feed {
         while self.starts.front().is_some_and(|(t, _)| *t < frontier) {
             self.starts.pop_front();
         }
-        let first_at_or_after = match self.starts.front() {
-            Some((_, token)) => token.clone(),
-            None => after_all.unwrap_or_else(|| self.grouper.resume_token()),
+        let before_open = self.grouper.has_open().then(|| self.grouper.resume_event());
+        let first = match self.starts.front() {
+            Some((_, event)) => event.as_ref(),
+            None => match after_all {
+                // No event at or after the frontier was read: the given token (a post-batch
+                // token) is where the stream is, unless a transaction is still open.
+                Some(token) => {
+                    return match before_open {
+                        None => token,
+                        Some(None) => None,
+                        Some(Some(open)) => token.map(|t| t.min(open.token())),
+                    };
+                }
+                None => self.grouper.resume_event(),
+            },
         };
-        if !self.grouper.has_open() {
-            return first_at_or_after;
-        }
-        match (first_at_or_after, self.grouper.resume_token()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
+        match (first, before_open) {
+            (first, None) => first.map(ChangeEvent::token),
+            (Some(a), Some(Some(b))) => Some(std::cmp::min_by(a, b, |x, y| x.cmp_token(y)).token()),
             _ => None,
         }
     }

@@ -204,8 +204,8 @@ pub fn run(options: &FollowOptions) -> Result<FollowReport, JobError> {
     let result = super::run_to_end(options.workers, &status, worker_job);
     watcher_done.store(true, Ordering::SeqCst);
     checkpoints.stop();
-    checkpoints.result()?;
     sink.result()?;
+    checkpoints.result()?;
     result?;
     let state = state_stats
         .lock()

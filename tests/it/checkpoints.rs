@@ -121,10 +121,12 @@ fn run(
                 .then(|| "checkpoint failed".to_string())
         })
     })?;
+    // The typed errors first: the worker's own message only says that it stopped.
     let sink_result = sink.result().map_err(|e| e.to_string());
     let checkpoint_result = checkpoints.result().map_err(|e| e.to_string());
+    sink_result.and(checkpoint_result)?;
     results.into_iter().collect::<Result<Vec<()>, String>>()?;
-    sink_result.and(checkpoint_result)
+    Ok(())
 }
 
 fn bank_file(dir: &Path) -> std::path::PathBuf {

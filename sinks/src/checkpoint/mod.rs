@@ -347,6 +347,11 @@ pub struct Participant {
 }
 
 impl Participant {
+    /// The participant's name in the manifest.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// What this participant recorded in the checkpoint it restarts from.
     pub fn restored(&self) -> Option<&ParticipantState> {
         self.restored.as_ref()
