@@ -37,8 +37,19 @@ pub fn drive(
     probe: &ProbeHandle<ClusterTime>,
     sources: &[Arc<SourceStatus>],
 ) -> Result<(), String> {
+    drive_until(worker, probe, sources, || None)
+}
+
+/// Like [`drive`], and also stops (dropping the dataflows) when `failed` returns an error, e.g.
+/// a checkpoint that could not be written.
+pub fn drive_until(
+    worker: &mut Worker,
+    probe: &ProbeHandle<ClusterTime>,
+    sources: &[Arc<SourceStatus>],
+    failed: impl Fn() -> Option<String>,
+) -> Result<(), String> {
     loop {
-        if let Some(error) = sources.iter().find_map(|s| s.error()) {
+        if let Some(error) = sources.iter().find_map(|s| s.error()).or_else(&failed) {
             for dataflow in worker.installed_dataflows() {
                 worker.drop_dataflow(dataflow);
             }

@@ -78,11 +78,14 @@ pub struct Feed {
     sent: ClusterTime,
     grouper: CommitGrouper,
     status: Arc<SourceStatus>,
-    /// For each time at or after the frontier that an event started, the grouper's resume
-    /// token just before that event: where a restart must begin to see that time again.
-    starts: VecDeque<(ClusterTime, Option<ResumeToken>)>,
+    /// For each time at or after the frontier that an event started, the event whose token is
+    /// the grouper's resume token just before it: where a restart must begin to see that time
+    /// again (events, not tokens, so the hot path builds no token).
+    starts: VecDeque<(ClusterTime, Option<ChangeEvent>)>,
     /// Released events before this time are dropped (a restart from a checkpoint).
     skip_before: Option<ClusterTime>,
+    /// The token of the last event or progress read: where the stream is.
+    latest_token: Option<ResumeToken>,
 }
 
 /// The source operator has gone (its dataflow was dropped): the reader should stop.
@@ -116,11 +119,16 @@ impl Feed {
             "times must not decrease"
         );
         let mut out = Vec::with_capacity(batch.len());
-        for (event, time) in batch {
+        let n = batch.len();
+        for (i, (event, time)) in batch.into_iter().enumerate() {
             if time > self.last || self.starts.is_empty() {
-                self.starts.push_back((time, self.grouper.resume_token()));
+                let before = self.grouper.resume_event().cloned();
+                self.starts.push_back((time, before));
             }
             self.last = time;
+            if i + 1 == n {
+                self.latest_token = Some(event.token());
+            }
             self.grouper.push(event, time, &mut out);
         }
         // More events may follow at the input's last time, or at an open transaction's.
@@ -148,15 +156,25 @@ impl Feed {
         while self.starts.front().is_some_and(|(t, _)| *t < frontier) {
             self.starts.pop_front();
         }
-        let first_at_or_after = match self.starts.front() {
-            Some((_, token)) => token.clone(),
-            None => after_all.unwrap_or_else(|| self.grouper.resume_token()),
+        let before_open = self.grouper.has_open().then(|| self.grouper.resume_event());
+        let first = match self.starts.front() {
+            Some((_, event)) => event.as_ref(),
+            None => match after_all {
+                // No event at or after the frontier was read: the given token (a post-batch
+                // token) is where the stream is, unless a transaction is still open.
+                Some(token) => {
+                    return match before_open {
+                        None => token,
+                        Some(None) => None,
+                        Some(Some(open)) => token.map(|t| t.min(open.token())),
+                    };
+                }
+                None => self.grouper.resume_event(),
+            },
         };
-        if !self.grouper.has_open() {
-            return first_at_or_after;
-        }
-        match (first_at_or_after, self.grouper.resume_token()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
+        match (first, before_open) {
+            (first, None) => first.map(ChangeEvent::token),
+            (Some(a), Some(Some(b))) => Some(std::cmp::min_by(a, b, |x, y| x.cmp_token(y)).token()),
             _ => None,
         }
     }
@@ -171,6 +189,9 @@ impl Feed {
     ) -> Result<(), Disconnected> {
         if time > self.last {
             self.last = time;
+            if token.is_some() {
+                self.latest_token = token.clone();
+            }
             let mut out = Vec::new();
             self.grouper.advance(time, &mut out);
             let frontier = self.grouper.safe_time().map_or(time, |open| open.min(time));
@@ -187,6 +208,11 @@ impl Feed {
         self.grouper.finish(&mut out);
         let token = self.checkpoint_token(self.last, None);
         if self.flush(out, self.last, token).is_ok() {
+            // Everything is out: a restart resumes after the latest token and emits nothing
+            // at or before the last time.
+            if let Some(after) = self.last.successor() {
+                self.status.record_candidate(after, &self.latest_token);
+            }
             let _ = self.send(Message::End);
         }
     }
@@ -211,6 +237,9 @@ impl Feed {
             self.status.add_skipped((before - out.len()) as u64);
         }
         let frontier = frontier.max(self.sent);
+        if frontier > self.sent {
+            self.status.offer_candidate(frontier, &token);
+        }
         if !out.is_empty() {
             self.sent = frontier;
             self.send(Message::Events(out, frontier, token))
@@ -270,6 +299,7 @@ where
                 status: Arc::clone(&status),
                 starts: VecDeque::new(),
                 skip_before: None,
+                latest_token: None,
             };
             let spawned = std::thread::Builder::new()
                 .name(thread_name)

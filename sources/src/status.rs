@@ -32,6 +32,8 @@ pub struct SourceStatus {
     position: Mutex<Option<(ClusterTime, Option<ResumeToken>)>>,
     grouping: Mutex<GroupingCounts>,
     snapshot: Mutex<Option<SnapshotProgress>>,
+    checkpoint_wanted: AtomicBool,
+    candidates: Mutex<Vec<(ClusterTime, Option<ResumeToken>)>>,
 }
 
 /// How a snapshot reads the collection.
@@ -165,6 +167,56 @@ impl SourceStatus {
     /// (`K` is `None` when the restart must begin where the source first began).
     pub fn position(&self) -> Option<(ClusterTime, Option<ResumeToken>)> {
         self.position.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Asks the source for a checkpoint candidate: the next time its frontier moves (or its
+    /// input ends), it records the new `(frontier, checkpoint token)` pair
+    /// ([`SourceStatus::checkpoint_candidates`]) *before* emitting anything at or after that
+    /// frontier. So an operator that sees a time `t` can already see every candidate `F ≤ t`,
+    /// and can close its output at exactly `F` (an aligned checkpoint, with no marker records).
+    pub fn request_checkpoint(&self) {
+        self.checkpoint_wanted.store(true, Ordering::SeqCst);
+    }
+
+    /// The checkpoint candidates recorded after `after` (all of them for `None`), oldest first.
+    pub fn checkpoint_candidates(
+        &self,
+        after: Option<ClusterTime>,
+    ) -> Vec<(ClusterTime, Option<ResumeToken>)> {
+        self.candidates
+            .lock()
+            .map(|c| {
+                c.iter()
+                    .filter(|(t, _)| after.is_none_or(|a| *t > a))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Forgets the candidates at or before `time` (they were checkpointed or abandoned).
+    pub fn forget_candidates_through(&self, time: ClusterTime) {
+        if let Ok(mut c) = self.candidates.lock() {
+            c.retain(|(t, _)| *t > time);
+        }
+    }
+
+    /// Records a checkpoint candidate if one was asked for (called by the feed before it sends
+    /// the frontier `time`).
+    pub(crate) fn offer_candidate(&self, time: ClusterTime, token: &Option<ResumeToken>) {
+        if self.checkpoint_wanted.swap(false, Ordering::SeqCst) {
+            self.record_candidate(time, token);
+        }
+    }
+
+    /// Records a checkpoint candidate whether or not one was asked for: the input ended, and a
+    /// final checkpoint covers everything read.
+    pub(crate) fn record_candidate(&self, time: ClusterTime, token: &Option<ResumeToken>) {
+        if let Ok(mut c) = self.candidates.lock()
+            && c.last().is_none_or(|(t, _)| *t < time)
+        {
+            c.push((time, token.clone()));
+        }
     }
 
     /// What commit-time grouping has done: transactions released, their sizes, how many spanned
