@@ -17,7 +17,7 @@ use changeflow_sources::live::{LiveOptions, StartAt, WatchTarget, watch};
 use changeflow_sources::status::{SnapshotMode, SnapshotProgress};
 use changeflow_testkit::reference::ReferenceModel;
 use changeflow_testkit::server::{ChangeStreamServer, FailPoint, ServerOptions};
-use timely::dataflow::operators::Inspect;
+use timely::dataflow::operators::{Concat, Inspect};
 
 use crate::support::options;
 
@@ -109,6 +109,17 @@ fn run_state(
     workers: usize,
     each_step: impl FnMut(&changeflow_sources::SourceStatus) + Send + 'static,
 ) -> StateRun {
+    run_restored(options, Vec::new(), workers, each_step)
+}
+
+/// Like [`run_state`], with `restore` (the synthetic inserts of a restored state) emitted
+/// beside the source, as a restart from a checkpoint does.
+fn run_restored(
+    options: LiveOptions,
+    restore: Vec<changeflow_core::ChangeEvent>,
+    workers: usize,
+    each_step: impl FnMut(&changeflow_sources::SourceStatus) + Send + 'static,
+) -> StateRun {
     let status = options.status();
     let changes = Arc::new(Mutex::new(Vec::new()));
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -118,11 +129,16 @@ fn run_state(
     timely::execute(timely::Config::process(workers), move |worker| {
         let (c, e) = (c.clone(), e.clone());
         let options = options.clone();
+        let restore = restore.clone();
         let probe = worker.dataflow::<ClusterTime, _, _>(|scope| {
-            let stream = watch(scope, options.clone()).inspect(move |(event, time)| {
-                let synthetic = synthetic::origin(event).is_some();
-                e.lock().unwrap().push((*time, synthetic));
-            });
+            let restored = changeflow_sources::memory::from_events(scope, restore);
+            let stream =
+                watch(scope, options.clone())
+                    .concat(restored)
+                    .inspect(move |(event, time)| {
+                        let synthetic = synthetic::origin(event).is_some();
+                        e.lock().unwrap().push((*time, synthetic));
+                    });
             document_state(stream, DocumentStats::new())
                 .inspect(move |((key, doc), time, diff)| {
                     let doc: Document = bson::deserialize_from_slice(doc.as_bytes()).unwrap();
@@ -564,4 +580,95 @@ fn without_the_resnapshot_policy_lost_history_mid_run_fails() {
     let (_server, run, _) = lose_history_mid_run(HistoryLostPolicy::Fail);
     let error = run.status.take_error().expect("fails");
     assert!(matches!(error, SourceError::HistoryLost { .. }), "{error}");
+}
+
+#[test]
+fn a_restart_whose_history_is_gone_resnapshots_against_the_restored_state() {
+    let server = ChangeStreamServer::start_with(ServerOptions {
+        noop_on_idle: true,
+        ..ServerOptions::default()
+    })
+    .unwrap();
+    seed(&server, 500);
+    // First run: the initial snapshot and a few changes; its end is the checkpoint.
+    let mut o = snapshot_options(&server, SnapshotFallback::Fail);
+    o.idle_timeout = Some(Duration::from_millis(400));
+    let s = &server;
+    let mut wrote = false;
+    let first = std::thread::scope(|scope| {
+        let run = scope.spawn(|| run_state(o, 1, |_| {}));
+        while !wrote {
+            std::thread::sleep(Duration::from_millis(20));
+            if s.commands_named("aggregate").len() > 0 {
+                s.update(DB, COLL, 7_i64, doc! { "v": 7_i64 }, &[]);
+                s.delete(DB, COLL, 8_i64);
+                wrote = true;
+            }
+        }
+        run.join().unwrap()
+    });
+    assert!(first.status.error().is_none(), "{:?}", first.status.error());
+    let (frontier, token) = first.status.position().expect("a checkpoint position");
+    let held = first.documents();
+    assert_eq!(held.len(), 499);
+    // Stopped: changes, then the oplog rolls over past the checkpoint.
+    for id in 100..104_i64 {
+        server.update(DB, COLL, id, doc! { "v": 100_i64 }, &[]);
+    }
+    server.update(DB, COLL, 200_i64, doc! { "v": 1_i64 }, &[]);
+    server.update(DB, COLL, 200_i64, doc! { "v": 0_i64 }, &[]);
+    server.delete(DB, COLL, 300_i64);
+    server.insert(
+        DB,
+        COLL,
+        doc! { "_id": 9000_i64, "v": 1_i64, "g": 0_i64, "name": "while stopped" },
+    );
+    server.truncate_history(server.clock());
+    // Restart: the restored state at the checkpoint plus the source resumed from its token.
+    let ns = changeflow_core::Namespace::new(DB, Some(COLL));
+    let restore_time = ClusterTime::from_u64(frontier.as_u64() - 1);
+    let restore: Vec<_> = held
+        .values()
+        .enumerate()
+        .map(|(seq, d)| {
+            let doc = changeflow_core::Document::from_bytes(d.to_vec().unwrap()).unwrap();
+            synthetic::insert(
+                &ns,
+                &doc,
+                restore_time,
+                synthetic::Origin::Restore,
+                seq as u64,
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut again = snapshot_options(&server, SnapshotFallback::Fail);
+    again.idle_timeout = Some(Duration::from_millis(400));
+    again.on_history_lost = HistoryLostPolicy::Resnapshot;
+    again.resume_from_checkpoint(frontier, token);
+    assert!(
+        !again.takes_initial_snapshot(),
+        "a restart takes no initial snapshot"
+    );
+    let run = run_restored(again, restore, 2, |_| {});
+    assert!(run.status.error().is_none(), "{:?}", run.status.error());
+    assert_same(&run.documents(), &expected(&server));
+    let t1 = run
+        .progress
+        .as_ref()
+        .and_then(|p| p.at)
+        .expect("a re-snapshot");
+    assert!(t1 >= frontier);
+    let jump: Vec<_> = run.changes.iter().filter(|(t, ..)| *t == t1).collect();
+    let mut ids: Vec<&str> = jump.iter().map(|(_, id, ..)| id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids, ["100", "101", "102", "103", "300", "9000"]);
+    assert_eq!(jump.len(), 4 * 2 + 1 + 1);
+    assert!(
+        run.changes
+            .iter()
+            .all(|(t, ..)| *t == restore_time || *t == t1),
+        "the restored state, then one jump"
+    );
 }
