@@ -84,23 +84,15 @@ pub fn insert(
             at: format!("{} document in {ns}", origin.as_str()),
             reason: "the document has no _id".into(),
         })?;
-    let mut token = DocWriter::new();
-    token.append_str("_data", &token_data(time, 1, seq));
     let mut key = DocWriter::new();
     key.append(id.kind, "_id", id.value);
-    let mut namespace = DocWriter::new();
-    namespace.append_str("db", &ns.db);
-    if let Some(coll) = &ns.coll {
-        namespace.append_str("coll", coll);
-    }
-    let mut ts = Vec::with_capacity(8);
-    ts.extend_from_slice(&time.increment().to_le_bytes());
-    ts.extend_from_slice(&time.seconds().to_le_bytes());
-    let mut event = DocWriter::with_capacity(document.as_bytes().len() + 160);
-    event.append(kind::DOCUMENT, "_id", &token.finish());
-    event.append_str("operationType", "insert");
-    event.append(kind::TIMESTAMP, "clusterTime", &ts);
-    event.append(kind::DOCUMENT, "ns", &namespace.finish());
+    let mut event = header(
+        ns,
+        time,
+        (1, seq),
+        "insert",
+        document.as_bytes().len() + 160,
+    );
     event.append(kind::DOCUMENT, "documentKey", &key.finish());
     event.append(kind::DOCUMENT, "fullDocument", document.as_bytes());
     event.append_str("changeflow", origin.as_str());
@@ -131,8 +123,22 @@ pub fn origin(event: &ChangeEvent) -> Option<&str> {
 /// # Ok::<(), changeflow_core::Error>(())
 /// ```
 pub fn reset(ns: &Namespace, time: ClusterTime, origin: Origin) -> Result<ChangeEvent, Error> {
+    let mut event = header(ns, time, (0, 0), OperationType::SnapshotReset.as_str(), 160);
+    event.append_str("changeflow", origin.as_str());
+    ChangeEvent::from_document(Document::from_trusted(event.finish()))
+}
+
+/// The fields every synthetic event starts with: `_id` (a synthetic token at `time` with
+/// `(phase, seq)`), `operationType`, `clusterTime`, `ns`.
+fn header(
+    ns: &Namespace,
+    time: ClusterTime,
+    (phase, seq): (u8, u64),
+    operation: &str,
+    capacity: usize,
+) -> DocWriter {
     let mut token = DocWriter::new();
-    token.append_str("_data", &token_data(time, 0, 0));
+    token.append_str("_data", &token_data(time, phase, seq));
     let mut namespace = DocWriter::new();
     namespace.append_str("db", &ns.db);
     if let Some(coll) = &ns.coll {
@@ -141,13 +147,12 @@ pub fn reset(ns: &Namespace, time: ClusterTime, origin: Origin) -> Result<Change
     let mut ts = Vec::with_capacity(8);
     ts.extend_from_slice(&time.increment().to_le_bytes());
     ts.extend_from_slice(&time.seconds().to_le_bytes());
-    let mut event = DocWriter::with_capacity(160);
+    let mut event = DocWriter::with_capacity(capacity);
     event.append(kind::DOCUMENT, "_id", &token.finish());
-    event.append_str("operationType", OperationType::SnapshotReset.as_str());
+    event.append_str("operationType", operation);
     event.append(kind::TIMESTAMP, "clusterTime", &ts);
     event.append(kind::DOCUMENT, "ns", &namespace.finish());
-    event.append_str("changeflow", origin.as_str());
-    ChangeEvent::from_document(Document::from_trusted(event.finish()))
+    event
 }
 
 /// Whether `token` is a synthetic event's (its `_data` has `00` right after the time, where

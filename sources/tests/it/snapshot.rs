@@ -182,6 +182,10 @@ fn run_restored(
     }
 }
 
+fn server_with(options: ServerOptions) -> ChangeStreamServer {
+    ChangeStreamServer::start_with(options).unwrap()
+}
+
 fn seed(server: &ChangeStreamServer, n: i64) {
     let docs = (0..n)
         .map(|i| doc! { "_id": i, "v": 0_i64, "g": i % 10, "name": format!("item {i}") })
@@ -370,11 +374,10 @@ fn without_snapshot_reads_majority_reads_are_reconciled_with_the_stream() {
 
 #[test]
 fn a_server_without_snapshot_reads_and_no_fallback_is_a_typed_error() {
-    let server = ChangeStreamServer::start_with(ServerOptions {
+    let server = server_with(ServerOptions {
         snapshot_reads: false,
         ..ServerOptions::default()
-    })
-    .unwrap();
+    });
     seed(&server, 10);
     let run = run_state(snapshot_options(&server, SnapshotFallback::Fail), 1, |_| {});
     let error = run.status.take_error().expect("fails");
@@ -584,11 +587,10 @@ fn without_the_resnapshot_policy_lost_history_mid_run_fails() {
 
 #[test]
 fn a_restart_whose_history_is_gone_resnapshots_against_the_restored_state() {
-    let server = ChangeStreamServer::start_with(ServerOptions {
+    let server = server_with(ServerOptions {
         noop_on_idle: true,
         ..ServerOptions::default()
-    })
-    .unwrap();
+    });
     seed(&server, 500);
     // First run: the initial snapshot and a few changes; its end is the checkpoint.
     let mut o = snapshot_options(&server, SnapshotFallback::Fail);
