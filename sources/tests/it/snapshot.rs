@@ -601,7 +601,7 @@ fn a_restart_whose_history_is_gone_resnapshots_against_the_restored_state() {
         let run = scope.spawn(|| run_state(o, 1, |_| {}));
         while !wrote {
             std::thread::sleep(Duration::from_millis(20));
-            if s.commands_named("aggregate").len() > 0 {
+            if !s.commands_named("aggregate").is_empty() {
                 s.update(DB, COLL, 7_i64, doc! { "v": 7_i64 }, &[]);
                 s.delete(DB, COLL, 8_i64);
                 wrote = true;
