@@ -33,6 +33,14 @@
 //! ([`split`]) before they leave the source, and a restart drops a half-received event, which the
 //! server sends again whole.
 //!
+//! # Snapshots
+//!
+//! With [`LiveOptions::initial_snapshot`], a collection stream with no resume point first reads
+//! the existing documents at one cluster time `T0` (parallel `_id` ranges, `readConcern:
+//! snapshot`), emits them as synthetic inserts at `T0`, and then streams from `T0`, dropping
+//! events at or below it; [`LiveOptions::on_history_lost`] can re-snapshot when the stream's
+//! history is gone. See [`snapshot`]; progress is [`SourceStatus::snapshot_progress`].
+//!
 //! Passwords in the connection string never appear in errors ([`redact`]).
 //!
 //! Without the `live` cargo feature the types here exist but [`watch`] fails at once with
@@ -316,6 +324,14 @@ impl LiveOptions {
         pipeline::check(&self.pipeline).map_err(|reason| SourceError::BadPipeline { reason })?;
         let snapshots = self.initial_snapshot.is_some()
             || self.on_history_lost == snapshot::HistoryLostPolicy::Resnapshot;
+        if snapshots && self.cosmos.is_some() {
+            return Err(SourceError::Snapshot {
+                stream: self.describe(),
+                option: "initial_snapshot / on_history_lost".into(),
+                reason: "Cosmos DB has no snapshot reads and no cluster times to hand off at"
+                    .into(),
+            });
+        }
         if snapshots && !matches!(self.target, WatchTarget::Collection { .. }) {
             return Err(SourceError::Snapshot {
                 stream: self.describe(),

@@ -219,21 +219,41 @@ mod scan {
         ctx.snap.batch_size = ctx.snap.batch_size.max(1);
         ctx.progress.estimated_total = ctx.estimate(client).await;
         ctx.publish();
-        match ctx.at_cluster_time(client, out, reset, after).await {
-            Err(Attempt::Refused(message)) => match ctx.snap.fallback {
-                SnapshotFallback::Majority => ctx.majority(client, out, reset, after).await,
-                SnapshotFallback::Fail => Err(ctx.fail(format!(
-                    "the server refuses snapshot reads ({message}); set SnapshotOptions::fallback to Majority to read with majority reads instead"
-                ))),
-            },
-            Err(Attempt::Stop(stop)) => Err(stop),
-            Ok(at) => Ok(at),
+        // A snapshot must come after every time the source released; on an idle server the
+        // clock may not have moved yet (a replica set writes a no-op every 10 s): wait for it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let result = match ctx.at_cluster_time(client, out, reset, after).await {
+                Err(Attempt::Refused(message)) => match ctx.snap.fallback {
+                    SnapshotFallback::Majority => ctx.majority(client, out, reset, after).await,
+                    SnapshotFallback::Fail => Err(Attempt::Stop(ctx.fail(format!(
+                        "the server refuses snapshot reads ({message}); set SnapshotOptions::fallback to Majority to read with majority reads instead"
+                    )))),
+                },
+                other => other,
+            };
+            match result {
+                Ok(at) => return Ok(at),
+                Err(Attempt::TooEarly(at)) if Instant::now() < deadline => {
+                    let _ = at;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(Attempt::TooEarly(at)) => {
+                    return Err(ctx.fail(format!(
+                        "the server's time stayed at {at}, not after {after}, a time the source already released"
+                    )));
+                }
+                Err(Attempt::Refused(message)) => return Err(ctx.fail(message)),
+                Err(Attempt::Stop(stop)) => return Err(stop),
+            }
         }
     }
 
     enum Attempt {
         /// The server does not do snapshot reads (its message).
         Refused(String),
+        /// The snapshot's time is not after what the source released (nothing was emitted).
+        TooEarly(ClusterTime),
         Stop(Stop),
     }
 
@@ -564,11 +584,9 @@ mod scan {
             Ok(())
         }
 
-        fn check_after(&self, at: ClusterTime, after: ClusterTime) -> Result<(), Stop> {
+        fn check_after(&self, at: ClusterTime, after: ClusterTime) -> Result<(), Attempt> {
             if at <= after && after > ClusterTime::MIN {
-                return Err(self.fail(format!(
-                    "the snapshot's time {at} is not after {after}, a time the source already released"
-                )));
+                return Err(Attempt::TooEarly(at));
             }
             Ok(())
         }
@@ -644,7 +662,7 @@ mod scan {
             out: &mut impl Output,
             reset: bool,
             after: ClusterTime,
-        ) -> Result<ClusterTime, Stop> {
+        ) -> Result<ClusterTime, Attempt> {
             self.progress.mode = SnapshotMode::Majority;
             let collection = self.collection(client, true);
             let mut session = client
@@ -659,7 +677,9 @@ mod scan {
                 .await
                 .map_err(|e| self.driver_fail("count", &e, None))?;
             let Some(start) = session.operation_time().map(to_time) else {
-                return Err(self.fail("the server returned no operationTime".into()));
+                return Err(self
+                    .fail("the server returned no operationTime".into())
+                    .into());
             };
             let first = collection
                 .find_one(doc! {})
@@ -737,11 +757,9 @@ mod scan {
                                 }
                             }
                             Err(e) => {
-                                return Err(self.driver_fail(
-                                    "the reconciliation stream",
-                                    &e,
-                                    None,
-                                ));
+                                return Err(self
+                                    .driver_fail("the reconciliation stream", &e, None)
+                                    .into());
                             }
                         }
                     }
@@ -765,7 +783,7 @@ mod scan {
                                 "the collection was dropped or renamed during the snapshot ({} at {})",
                                 event.operation().as_str(),
                                 event.cluster_time()
-                            )));
+                            )).into());
                         }
                         _ => {}
                     }
@@ -820,7 +838,7 @@ mod scan {
             if !settled {
                 return Err(self.fail(format!(
                     "majority reads did not settle in {MAX_ROUNDS} rounds: some documents change faster than they can be re-read; use a server with snapshot reads (MongoDB 5.0+)"
-                )));
+                )).into());
             }
             drop(stream);
             self.check_after(hi, after)?;
