@@ -70,6 +70,11 @@
 //! net change per document, so downstream sees one jump at `T1` containing exactly the documents
 //! that differ. The stream then continues from `T1`.
 //!
+//! A [`Stopper`](super::Stopper) used during a scan fails the source with
+//! [`SourceError::Snapshot`](crate::SourceError::Snapshot) rather than ending its input, which
+//! would close the snapshot's time half emitted; a restart with no checkpoint token takes the
+//! snapshot again.
+//!
 //! Progress ([`SnapshotProgress`](crate::status::SnapshotProgress): documents, documents/s,
 //! estimated time left) is published in [`SourceStatus::snapshot_progress`](crate::SourceStatus::snapshot_progress).
 
@@ -532,6 +537,12 @@ mod scan {
             let mut running = running;
             let mut latest: Option<Timestamp> = None;
             while running > 0 {
+                if self.options.stopper.is_stopped() {
+                    // Ending the input here would close the snapshot's time half emitted.
+                    return Err(self.fail(
+                        "stopped before the snapshot was complete; a restart takes it again".into(),
+                    ));
+                }
                 match receiver.recv().await {
                     Some(Message::Docs(docs)) => {
                         self.progress.scanned += docs.len() as u64;
