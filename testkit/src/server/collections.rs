@@ -126,7 +126,6 @@ impl Ord for IdKey {
 struct Version {
     time: (u32, u32),
     doc: Option<Document>,
-    size: usize,
 }
 
 /// One collection's versions.
@@ -134,7 +133,6 @@ struct Version {
 struct Collection {
     docs: BTreeMap<IdKey, Vec<Version>>,
     live: usize,
-    bytes: usize,
 }
 
 /// Which documents a read wants: an `_id` range (filters on `_id` only).
@@ -279,29 +277,18 @@ pub struct CollectionStats {
 impl Collections {
     /// From `time` on, `id` in `ns` is `doc` (`None`: deleted).
     pub(crate) fn record(&mut self, ns: &str, id: &Bson, time: (u32, u32), doc: Option<Document>) {
-        let size = doc
-            .as_ref()
-            .and_then(|d| d.to_vec().ok())
-            .map_or(0, |v| v.len());
         let c = self.by_ns.entry(ns.to_string()).or_default();
         let versions = c.docs.entry(IdKey(id.clone())).or_default();
-        if let Some(last) = versions.last()
-            && last.doc.is_some()
-        {
+        if versions.last().is_some_and(|last| last.doc.is_some()) {
             c.live -= 1;
-            c.bytes -= last.size;
         }
         if doc.is_some() {
             c.live += 1;
-            c.bytes += size;
         }
         match versions.last_mut() {
             // Several changes at one time (a transaction): the last one is the version.
-            Some(last) if last.time == time => {
-                last.doc = doc;
-                last.size = size;
-            }
-            _ => versions.push(Version { time, doc, size }),
+            Some(last) if last.time == time => last.doc = doc,
+            _ => versions.push(Version { time, doc }),
         }
     }
 
@@ -335,15 +322,26 @@ impl Collections {
         self.read(ns, None, &IdRange::all(), false, usize::MAX)
     }
 
-    /// Count and size of `ns` now.
+    /// Count and size of `ns` now (the size is summed when asked: seeding stays cheap).
     pub(crate) fn stats(&self, ns: &str) -> CollectionStats {
-        self.by_ns
-            .get(ns)
-            .map(|c| CollectionStats {
-                count: c.live,
-                size: c.bytes,
-            })
-            .unwrap_or_default()
+        let Some(c) = self.by_ns.get(ns) else {
+            return CollectionStats::default();
+        };
+        let size = c
+            .docs
+            .values()
+            .filter_map(|v| v.last()?.doc.as_ref())
+            .map(|d| d.to_vec().map_or(0, |b| b.len()))
+            .sum();
+        CollectionStats {
+            count: c.live,
+            size,
+        }
+    }
+
+    /// The number of live documents of `ns` now.
+    pub(crate) fn count(&self, ns: &str) -> usize {
+        self.by_ns.get(ns).map_or(0, |c| c.live)
     }
 
     /// Up to `limit` documents of `ns` in `range`, in `_id` order (descending if `reverse`), as

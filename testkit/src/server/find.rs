@@ -275,7 +275,7 @@ pub(crate) fn count(shared: &Shared, command: &Document) -> Document {
             Ok(range) => state.data.read(&ns, None, &range, false, usize::MAX).len(),
             Err(message) => return error(2, "BadValue", message),
         },
-        _ => state.data.stats(&ns).count,
+        _ => state.data.count(&ns),
     };
     doc! { "n": n as i64, "ok": 1.0 }
 }

@@ -192,8 +192,16 @@ struct Entry {
     /// For drop and rename: the collection whose streams this invalidates.
     invalidates: bool,
     event: Document,
-    /// The collection's state right after this event (for `updateLookup`).
-    size: usize,
+    /// The event's BSON size, measured when first needed (most seeded events are never sent).
+    size: std::sync::OnceLock<usize>,
+}
+
+impl Entry {
+    fn size(&self) -> usize {
+        *self
+            .size
+            .get_or_init(|| self.event.to_vec().map(|v| v.len()).unwrap_or(0))
+    }
 }
 
 /// What a cursor watches.
@@ -694,7 +702,10 @@ fn push_locked(state: &mut State, event: Document) -> Result<(), PushError> {
                     .ok()
                     .and_then(|k| k.get("_id"))
                 {
-                    let now = state.model.get(&ns, id).cloned();
+                    let now = match (operation, event.get_document("fullDocument")) {
+                        ("insert" | "replace", Ok(full)) => Some(full.clone()),
+                        _ => state.model.get(&ns, id).cloned(),
+                    };
                     // An update the model could not apply (no such document) changes nothing.
                     if now.is_some() || operation != "update" {
                         state.data.record(&ns, id, time, now);
@@ -715,11 +726,8 @@ fn push_locked(state: &mut State, event: Document) -> Result<(), PushError> {
         coll,
         invalidates,
         event,
-        size: 0,
+        size: std::sync::OnceLock::new(),
     });
-    if let Some(last) = state.log.last_mut() {
-        last.size = last.event.to_vec().map(|v| v.len()).unwrap_or(0);
-    }
     Ok(())
 }
 
@@ -1210,9 +1218,12 @@ fn next_batch(
             && event.contains_key("fullDocument") == entry.event.contains_key("fullDocument");
         if let Some(event) = pipeline::apply(&cursor.stages, event) {
             let size = if unchanged {
-                entry.size
+                entry.size()
             } else {
-                event.to_vec().map(|v| v.len()).unwrap_or(entry.size)
+                event
+                    .to_vec()
+                    .map(|v| v.len())
+                    .unwrap_or_else(|_| entry.size())
             };
             if size > shared.options.max_event_size {
                 if !cursor.split {
