@@ -2,6 +2,7 @@
 
 mod documents_oracle;
 mod pipeline_evaluators;
+mod snapshot_reset;
 mod support;
 mod transactions_oracle;
 mod views_oracle;
