@@ -231,6 +231,7 @@ impl SourceStatus {
         self.snapshot.lock().ok().and_then(|p| p.clone())
     }
 
+    #[cfg_attr(not(feature = "live"), allow(dead_code))]
     pub(crate) fn set_snapshot_progress(&self, progress: SnapshotProgress) {
         if let Ok(mut p) = self.snapshot.lock() {
             *p = Some(progress);
