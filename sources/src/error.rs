@@ -89,7 +89,8 @@ pub enum SourceError {
     /// from "now" would skip events, so the source stops (the default
     /// [`HistoryLostPolicy`](crate::live::HistoryLostPolicy); `Resnapshot` takes a new snapshot
     /// instead). Names the token and the missing range: from the token's cluster time to the
-    /// oldest time the server still has, when the server says it.
+    /// oldest time the server still has, when it can be learned (from the server's message, or
+    /// the first entry of `local.oplog.rs` where the user may read it).
     #[error(
         "{stream}: change stream history lost (code 286) resuming from {from}: the events from {missing_from} to {missing_to} are gone; restart with a re-snapshot (on_history_lost: Resnapshot) or from a newer checkpoint: {message}",
         missing_from = at_or_unknown(*from_time),

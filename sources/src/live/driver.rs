@@ -109,9 +109,6 @@ async fn follow_with_snapshots(
     clock: Arc<Mutex<SourceClock>>,
 ) -> Result<(), Stop> {
     let resnapshot = options.on_history_lost == HistoryLostPolicy::Resnapshot;
-    if !options.takes_initial_snapshot() && !resnapshot {
-        return Reader::new(options, clock).run(out).await;
-    }
     let client = Reader::new(options, Arc::clone(&clock)).connect().await?;
     let result = async {
         let mut current = options.clone();
@@ -138,6 +135,22 @@ async fn follow_with_snapshots(
                     drop_through = Some(at);
                     released = at;
                 }
+                Err(Stop::Failed(SourceError::HistoryLost {
+                    stream,
+                    from,
+                    from_time,
+                    oldest: None,
+                    message,
+                })) => {
+                    let oldest = oldest_in_oplog(&client).await;
+                    return Err(Stop::Failed(SourceError::HistoryLost {
+                        stream,
+                        from,
+                        from_time,
+                        oldest,
+                        message,
+                    }));
+                }
                 other => return other,
             }
         }
@@ -145,6 +158,21 @@ async fn follow_with_snapshots(
     .await;
     client.shutdown().immediate(true).await;
     result
+}
+
+/// The oldest entry of the oplog (`local.oplog.rs` in natural order), for a lost history's
+/// range; `None` where it cannot be read (no privilege on `local`, a `mongos`, a test server).
+async fn oldest_in_oplog(client: &Client) -> Option<ClusterTime> {
+    let first = client
+        .database("local")
+        .collection::<bson::Document>("oplog.rs")
+        .find_one(bson::doc! {})
+        .sort(bson::doc! { "$natural": 1 })
+        .projection(bson::doc! { "ts": 1, "_id": 0 })
+        .await
+        .ok()??;
+    let ts = first.get_timestamp("ts").ok()?;
+    Some(ClusterTime::new(ts.time, ts.increment))
 }
 
 /// The oldest time a 286 message names (`Timestamp(t, i)`, as the test server says it), if any.
