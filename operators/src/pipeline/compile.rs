@@ -343,12 +343,14 @@ fn group<'scope>(
         .iter()
         .map(|a| (a.name.clone(), a.op.clone()))
         .collect();
+    let empty_states: Vec<AccState> = accumulators.iter().map(AccState::for_accumulator).collect();
     // When the key and every argument are plain field paths or constants, read them straight
     // from the document's bytes (no decoding of the whole document), falling back to the full
     // evaluation when a path crosses an array.
     let simple = std::iter::once(&id)
         .chain(accumulators.iter().map(|a| &a.arg))
-        .all(|e| matches!(e, Expr::Field(_) | Expr::Literal(_)));
+        .all(|e| matches!(e, Expr::Field(_) | Expr::Literal(_)))
+        && !accumulators.iter().any(|a| a.is_ranked());
     let contributions = input.flat_map(move |(pos, doc): (Pos, Document)| {
         let evaluated = (|| -> Result<_, EvalError> {
             if simple
@@ -368,7 +370,19 @@ fn group<'scope>(
             let key = id.eval(&parsed)?.unwrap_or(Bson::Null);
             let mut args: Vec<Option<Key>> = Vec::with_capacity(accumulators.len());
             for a in &accumulators {
-                args.push(a.arg.eval(&parsed)?.map(Key::new));
+                args.push(if a.is_ranked() {
+                    // [[sort values...], output]: missing sort values sort as null, and a
+                    // missing output is null (as MongoDB returns it).
+                    let sort: Vec<Bson> = a
+                        .sort_by
+                        .iter()
+                        .map(|f| resolve(&parsed, &f.path).unwrap_or(Bson::Null))
+                        .collect();
+                    let output = a.arg.eval(&parsed)?.unwrap_or(Bson::Null);
+                    Some(Key::new(Bson::Array(vec![Bson::Array(sort), output])))
+                } else {
+                    a.arg.eval(&parsed)?.map(Key::new)
+                });
             }
             Ok((Key::new(key), args))
         })();
@@ -407,10 +421,7 @@ fn group<'scope>(
                             let state = groups.entry(key.clone()).or_insert_with(|| GroupState {
                                 rep: key.0.clone(),
                                 count: 0,
-                                accumulators: names
-                                    .iter()
-                                    .map(|(_, op)| AccState::new(op))
-                                    .collect(),
+                                accumulators: empty_states.clone(),
                             });
                             if !before.contains_key(&key) {
                                 before.insert(key.clone(), group_output(state, &names));

@@ -144,10 +144,34 @@ pub enum Projection {
 pub struct Accumulator {
     /// Output field.
     pub name: String,
-    /// `$sum`, `$avg`, `$min`, `$max`, `$count`, `$push`, `$addToSet`, `$first`, `$last`.
+    /// `$sum`, `$avg`, `$min`, `$max`, `$count`, `$push`, `$addToSet`, `$first`, `$last`,
+    /// `$top`, `$bottom`, `$topN`, `$bottomN`.
     pub op: String,
-    /// Its argument.
+    /// Its argument (the `output` of `$top` / `$bottom` / `$topN` / `$bottomN`).
     pub arg: Expr,
+    /// The `sortBy` of `$top` / `$bottom` / `$topN` / `$bottomN` (empty for the others).
+    pub sort_by: Vec<SortField>,
+    /// The `n` of `$topN` / `$bottomN`.
+    pub n: Option<u64>,
+}
+
+impl Accumulator {
+    /// A plain accumulator (no `sortBy`, no `n`).
+    pub fn plain(name: &str, op: &str, arg: Expr) -> Self {
+        Accumulator {
+            name: name.into(),
+            op: op.into(),
+            arg,
+            sort_by: Vec::new(),
+            n: None,
+        }
+    }
+
+    /// Whether the accumulator ranks its inputs by `sortBy` (`$top`, `$bottom`, `$topN`,
+    /// `$bottomN`).
+    pub fn is_ranked(&self) -> bool {
+        matches!(self.op.as_str(), "$top" | "$bottom" | "$topN" | "$bottomN")
+    }
 }
 
 /// The accumulators changeflow supports.
@@ -161,6 +185,10 @@ pub const ACCUMULATORS: &[&str] = &[
     "$addToSet",
     "$first",
     "$last",
+    "$top",
+    "$bottom",
+    "$topN",
+    "$bottomN",
 ];
 
 /// One direction of a sort.
@@ -389,11 +417,16 @@ pub fn parse_pipeline(stages: &[Document]) -> Result<Vec<Located>, PipelineError
                             nearest: nearest(acc_name, ACCUMULATORS),
                         }));
                     }
-                    accumulators.push(Accumulator {
-                        name: field.clone(),
-                        op: acc_name.clone(),
-                        arg: Expr::parse(arg).map_err(op)?,
-                    });
+                    accumulators.push(
+                        if matches!(acc_name.as_str(), "$top" | "$bottom" | "$topN" | "$bottomN") {
+                            parse_ranked(field, acc_name, arg).map_err(|e| match e {
+                                Ok(reason) => bad(&reason),
+                                Err(source) => op(source),
+                            })?
+                        } else {
+                            Accumulator::plain(field, acc_name, Expr::parse(arg).map_err(op)?)
+                        },
+                    );
                 }
                 vec![Stage::Group {
                     id: Expr::parse(id).map_err(op)?,
@@ -413,11 +446,11 @@ pub fn parse_pipeline(stages: &[Document]) -> Result<Vec<Located>, PipelineError
             "$sortByCount" => vec![
                 Stage::Group {
                     id: Expr::parse(spec).map_err(op)?,
-                    accumulators: vec![Accumulator {
-                        name: "count".into(),
-                        op: "$sum".into(),
-                        arg: Expr::Literal(Bson::Int32(1)),
-                    }],
+                    accumulators: vec![Accumulator::plain(
+                        "count",
+                        "$sum",
+                        Expr::Literal(Bson::Int32(1)),
+                    )],
                 },
                 Stage::Sort(vec![SortField {
                     path: "count".into(),
@@ -429,21 +462,9 @@ pub fn parse_pipeline(stages: &[Document]) -> Result<Vec<Located>, PipelineError
                     .as_document()
                     .filter(|d| !d.is_empty())
                     .ok_or_else(|| bad("expects {field: 1 or -1}"))?;
-                let fields = d
-                    .iter()
-                    .map(|(path, dir)| match Key::new(dir.clone()) {
-                        k if k == Key::new(Bson::Int32(1)) => Ok(SortField {
-                            path: path.clone(),
-                            descending: false,
-                        }),
-                        k if k == Key::new(Bson::Int32(-1)) => Ok(SortField {
-                            path: path.clone(),
-                            descending: true,
-                        }),
-                        _ => Err(bad("directions are 1 or -1")),
-                    })
-                    .collect::<Result<_, _>>()?;
-                vec![Stage::Sort(fields)]
+                vec![Stage::Sort(
+                    parse_sort(d).ok_or_else(|| bad("directions are 1 or -1"))?,
+                )]
             }
             "$limit" | "$skip" => {
                 let n = crate::mql::number::Num::of(spec)
@@ -472,6 +493,72 @@ pub fn parse_pipeline(stages: &[Document]) -> Result<Vec<Located>, PipelineError
         }));
     }
     Ok(out)
+}
+
+/// A sort specification `{path: 1 or -1, ...}`; `None` if a direction is neither.
+fn parse_sort(d: &Document) -> Option<Vec<SortField>> {
+    d.iter()
+        .map(|(path, dir)| match Key::new(dir.clone()) {
+            k if k == Key::new(Bson::Int32(1)) => Some(SortField {
+                path: path.clone(),
+                descending: false,
+            }),
+            k if k == Key::new(Bson::Int32(-1)) => Some(SortField {
+                path: path.clone(),
+                descending: true,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `{$top | $bottom: {sortBy, output}}`, `{$topN | $bottomN: {n, sortBy, output}}`:
+/// `Err(Ok(reason))` for a bad specification, `Err(Err(e))` for a bad expression.
+fn parse_ranked(
+    field: &str,
+    op: &str,
+    spec: &Bson,
+) -> Result<Accumulator, Result<String, ParseError>> {
+    let with_n = op.ends_with('N');
+    let d = spec
+        .as_document()
+        .ok_or_else(|| Ok(format!("{op} expects a document")))?;
+    let allowed: &[&str] = if with_n {
+        &["n", "sortBy", "output"]
+    } else {
+        &["sortBy", "output"]
+    };
+    if let Some(k) = d.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(Ok(format!("{op}: unknown option {k}")));
+    }
+    let sort_by = d
+        .get_document("sortBy")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .and_then(parse_sort)
+        .ok_or_else(|| Ok(format!("{op} needs sortBy: {{field: 1 or -1}}")))?;
+    let output = d
+        .get("output")
+        .ok_or_else(|| Ok(format!("{op} needs an output")))?;
+    let n = if with_n {
+        let n = d
+            .get("n")
+            .and_then(crate::mql::number::Num::of)
+            .and_then(|n| n.to_dec())
+            .and_then(crate::mql::number::Dec::to_i64)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Ok(format!("{op}: n must be a positive integer constant")))?;
+        Some(n as u64)
+    } else {
+        None
+    };
+    Ok(Accumulator {
+        name: field.into(),
+        op: op.into(),
+        arg: Expr::parse(output).map_err(Err)?,
+        sort_by,
+        n,
+    })
 }
 
 /// `Err(Ok(reason))` for a bad projection, `Err(Err(e))` for a bad expression.
