@@ -37,8 +37,19 @@ pub fn drive(
     probe: &ProbeHandle<ClusterTime>,
     sources: &[Arc<SourceStatus>],
 ) -> Result<(), String> {
+    drive_until(worker, probe, sources, || None)
+}
+
+/// [`drive`], also stopping (dropping the dataflows, as for a failed source) as soon as `stop`
+/// returns a reason — a pipeline view's first runtime error under a fail-fast policy, say.
+pub fn drive_until(
+    worker: &mut Worker,
+    probe: &ProbeHandle<ClusterTime>,
+    sources: &[Arc<SourceStatus>],
+    stop: impl Fn() -> Option<String>,
+) -> Result<(), String> {
     loop {
-        if let Some(error) = sources.iter().find_map(|s| s.error()) {
+        if let Some(error) = sources.iter().find_map(|s| s.error()).or_else(&stop) {
             for dataflow in worker.installed_dataflows() {
                 worker.drop_dataflow(dataflow);
             }

@@ -19,8 +19,9 @@
 //! # Errors
 //!
 //! A runtime error (say `$divide` by zero) drops that document from the view and is recorded in
-//! [`PipelineStats`] with the document's `_id` and the stage: the view never shows a wrong row,
-//! and the caller decides whether any error fails the job.
+//! [`PipelineStats`] as a [`StageError`] (the document's `_id`, the stage's position, the
+//! error): the view never shows a wrong row, and the caller's policy decides — fail fast on
+//! the first error, or send every failing document to a dead-letter output.
 
 use std::cmp::Ordering;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -88,11 +89,36 @@ pub struct Pos {
 /// A pipeline view's contents: documents with their positions.
 pub type PipelineCollection<'scope> = VecCollection<'scope, ClusterTime, (Pos, Document), isize>;
 
+/// A stage that failed on a document (MongoDB would have failed the aggregation): the
+/// document's `_id`, the stage's position and name, and MongoDB's error.
+///
+/// ```
+/// use changeflow_operators::mql::expr::EvalError;
+/// use changeflow_operators::pipeline::compile::StageError;
+/// let e = StageError { id: bson::bson!(7), position: 1, stage: "$project".into(),
+///     error: EvalError { operator: "$divide".into(), reason: "can't divide by zero".into() } };
+/// assert_eq!(e.to_string(), "document {_id: 7}: stage 1 ($project): $divide: can't divide by zero");
+/// ```
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("document {{_id: {id}}}: stage {position} ({stage}): {error}")]
+pub struct StageError {
+    /// The document's `_id` (the source document's, or the group's after a `$group`).
+    pub id: Bson,
+    /// The stage's position in the pipeline as written.
+    pub position: usize,
+    /// The stage's name as written.
+    pub stage: String,
+    /// What failed.
+    pub error: EvalError,
+}
+
 /// Runtime errors of a pipeline view.
 #[derive(Debug, Default)]
 pub struct PipelineStats {
     errors: AtomicU64,
-    first: Mutex<Option<String>>,
+    first: Mutex<Option<StageError>>,
+    collect: std::sync::atomic::AtomicBool,
+    pending: Mutex<Vec<StageError>>,
 }
 
 impl PipelineStats {
@@ -102,17 +128,41 @@ impl PipelineStats {
     }
     /// The first failure: the document's `_id`, the stage and MongoDB's error.
     pub fn first_error(&self) -> Option<String> {
+        self.first().map(|e| e.to_string())
+    }
+    /// The first failure, typed.
+    pub fn first(&self) -> Option<StageError> {
         self.first.lock().ok().and_then(|f| f.clone())
+    }
+    /// Keep every failure for [`PipelineStats::take_errors`] (a dead-letter output), not only
+    /// the first.
+    pub fn collect_errors(&self, on: bool) {
+        self.collect.store(on, AtomicOrdering::Relaxed);
+    }
+    /// The failures kept since the last call (with [`PipelineStats::collect_errors`]).
+    pub fn take_errors(&self) -> Vec<StageError> {
+        self.pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
     }
     fn record(&self, id: &Key, stage: &Located, error: &EvalError) {
         self.errors.fetch_add(1, AtomicOrdering::Relaxed);
+        let failure = StageError {
+            id: id.0.clone(),
+            position: stage.position,
+            stage: stage.name.clone(),
+            error: error.clone(),
+        };
+        if self.collect.load(AtomicOrdering::Relaxed)
+            && let Ok(mut pending) = self.pending.lock()
+        {
+            pending.push(failure.clone());
+        }
         if let Ok(mut first) = self.first.lock()
             && first.is_none()
         {
-            *first = Some(format!(
-                "document {{_id: {}}}: stage {} ({}): {error}",
-                id.0, stage.position, stage.name
-            ));
+            *first = Some(failure);
         }
     }
 }
