@@ -66,6 +66,24 @@ const MONGOMOCK_DEVIATIONS: &[(&str, &str)] = &[
 /// Pipelines where mingo disagrees with the MongoDB manual (or cannot represent the values:
 /// JavaScript has one number type), decided as above.
 const MINGO_DEVIATIONS: &[(&str, &str)] = &[
+    // mingo 7.2.7 returns missing for $getField over a missing input; the manual: "If input
+    // evaluates to missing, undefined, or null, $getField returns null". (mongomock has no
+    // $getField; get-field-present checks the rest with mingo.)
+    (
+        "get-field",
+        "https://www.mongodb.com/docs/manual/reference/operator/aggregation/getField/",
+    ),
+    // mingo 7.2.7 does not match {tags: {$all: ["a"]}} on the string "a"; the manual: $all
+    // with one element is equivalent to {tags: "a"}. mongomock agrees with changeflow.
+    (
+        "nor-exists",
+        "https://www.mongodb.com/docs/manual/reference/operator/query/all/",
+    ),
+    // mingo's $bucket upper-boundary bug (see bucket-expr); mongomock agrees with changeflow.
+    (
+        "lookup-then-bucket",
+        "https://www.mongodb.com/docs/manual/reference/operator/aggregation/bucket/",
+    ),
     // mingo 7.2.7 truncates to the local day before (2023-11-14T22:13Z is 2023-11-15 03:43 in
     // Asia/Kolkata, whose day starts at 2023-11-14T18:30Z; mingo gives 2023-11-13T18:30Z).
     // mongomock has no timezones; the unit test olson_zones_cross_daylight_saving_edges pins
@@ -457,7 +475,7 @@ fn corpus_matches_mongomock_at_several_closed_times() {
         .collect();
     let cases = corpus();
     assert!(
-        cases.len() >= 80,
+        cases.len() >= 150,
         "the corpus has {} pipelines",
         cases.len()
     );
