@@ -40,16 +40,16 @@ pub fn drive(
     drive_until(worker, probe, sources, || None)
 }
 
-/// [`drive`], also stopping (dropping the dataflows, as for a failed source) as soon as `stop`
-/// returns a reason — a pipeline view's first runtime error under a fail-fast policy, say.
+/// Like [`drive`], and also stops (dropping the dataflows) when `failed` returns an error, e.g.
+/// a checkpoint that could not be written.
 pub fn drive_until(
     worker: &mut Worker,
     probe: &ProbeHandle<ClusterTime>,
     sources: &[Arc<SourceStatus>],
-    stop: impl Fn() -> Option<String>,
+    failed: impl Fn() -> Option<String>,
 ) -> Result<(), String> {
     loop {
-        if let Some(error) = sources.iter().find_map(|s| s.error()).or_else(&stop) {
+        if let Some(error) = sources.iter().find_map(|s| s.error()).or_else(&failed) {
             for dataflow in worker.installed_dataflows() {
                 worker.drop_dataflow(dataflow);
             }

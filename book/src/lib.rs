@@ -27,3 +27,5 @@ pub mod pipelines {}
 pub mod output {}
 #[doc = include_str!("arrow-output.md")]
 pub mod arrow_output {}
+#[doc = include_str!("restart.md")]
+pub mod restart {}

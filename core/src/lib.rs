@@ -34,6 +34,7 @@ pub mod extjson;
 pub mod raw;
 pub mod resume_token;
 pub mod stream;
+pub mod synthetic;
 
 pub use cluster_time::{ClusterTime, ClusterTimeSummary};
 pub use document::Document;

@@ -53,9 +53,13 @@ impl Hasher for FxHasher {
     fn write_usize(&mut self, i: usize) {
         self.add(i as u64);
     }
+    /// The high bits of the last multiply are the well-mixed ones, but hash tables index by
+    /// the low bits: rotating the high bits down (as rustc-hash 2 does) keeps keys that differ
+    /// only in their last bytes (ObjectIds from one process, counters) from piling into a few
+    /// buckets, where every probe ends in a key comparison.
     #[inline]
     fn finish(&self) -> u64 {
-        self.hash
+        self.hash.rotate_left(26)
     }
 }
 

@@ -17,8 +17,18 @@
 //! frontier, after the batches of every earlier time. So a file's `changeflow.frontier` never
 //! claims a time whose changes are not in it or an earlier file. The first error stops the
 //! sink (later changes are dropped, the error is kept for [`ArrowSink::result`]).
+//!
+//! # Checkpoints
+//!
+//! A sink made with [`ArrowSink::checkpointed`] is a participant of the pipeline's
+//! [`Checkpoints`]: before it writes a time at or after a checkpoint candidate `F` it closes its
+//! output at `F` (`BatchWriter::checkpoint`) and acks. On a restart it first removes what was
+//! written after the restored checkpoint (`BatchWriter::recover`) and then drops every time
+//! before that checkpoint's frontier, which is already committed.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use changeflow_core::{ClusterTime, Document};
@@ -33,6 +43,7 @@ use crate::arrow::changelog_batches::document_changes;
 use crate::arrow::documents::{BatchStats, DocumentBatcher};
 use crate::arrow::schema::SchemaSource;
 use crate::arrow::{changelog_schema_of, changes_to_batch};
+use crate::checkpoint::{Checkpoints, Participant, ParticipantState};
 use crate::writer::BatchWriter;
 
 #[derive(Default)]
@@ -72,12 +83,98 @@ struct State {
 #[derive(Clone, Default)]
 pub struct ArrowSink {
     state: Arc<Mutex<State>>,
+    checkpoints: Option<(Checkpoints, String)>,
 }
+
+/// The checkpoint participant of a sink on the writing worker (shared by its two callbacks).
+type SharedParticipant = Rc<RefCell<Option<Participant>>>;
 
 impl ArrowSink {
     /// A sink not attached yet.
     pub fn new() -> ArrowSink {
         ArrowSink::default()
+    }
+
+    /// A sink that takes part in `checkpoints` as `name` (unique in the pipeline; see the
+    /// module docs).
+    pub fn checkpointed(checkpoints: &Checkpoints, name: &str) -> ArrowSink {
+        ArrowSink {
+            state: Arc::default(),
+            checkpoints: Some((checkpoints.clone(), name.to_string())),
+        }
+    }
+
+    /// Registers the participant (on worker 0) and removes what was written after the
+    /// restored checkpoint.
+    fn participant<W: BatchWriter>(&self, leader: bool, writer: &Mutex<W>) -> SharedParticipant {
+        let shared: SharedParticipant = Rc::new(RefCell::new(None));
+        let Some((checkpoints, name)) = self.checkpoints.as_ref().filter(|_| leader) else {
+            return shared;
+        };
+        let result = checkpoints.participant(name).and_then(|p| {
+            if let Some(restored) = p.restored()
+                && let Ok(mut w) = writer.lock()
+            {
+                w.recover(restored.position)?;
+            }
+            Ok(p)
+        });
+        match result {
+            Ok(p) => *shared.borrow_mut() = Some(p),
+            Err(e) => {
+                self.with(|s| s.error = Some(e));
+            }
+        }
+        shared
+    }
+
+    /// Whether `time` was committed before a restart (so it is dropped).
+    fn committed_before(participant: &SharedParticipant, time: ClusterTime) -> bool {
+        participant
+            .borrow()
+            .as_ref()
+            .is_some_and(|p| p.already_committed(time))
+    }
+
+    /// Closes the output at every checkpoint candidate due before `upto` and acks it.
+    fn checkpoints_due<W: BatchWriter>(
+        &self,
+        participant: &SharedParticipant,
+        writer: &Mutex<W>,
+        upto: Option<ClusterTime>,
+    ) {
+        let mut guard = participant.borrow_mut();
+        let Some(p) = guard.as_mut() else { return };
+        if self.with(|s| s.error.is_some()).unwrap_or(true) {
+            return;
+        }
+        for frontier in p.due(upto) {
+            let Ok(mut w) = writer.lock() else { return };
+            match w.checkpoint(frontier) {
+                Ok(position) => {
+                    let files = w.files();
+                    self.with(|s| {
+                        s.files = files;
+                        s.frontier = Some(Some(frontier));
+                    });
+                    p.ack(
+                        frontier,
+                        ParticipantState {
+                            position,
+                            files: Vec::new(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    p.fail(SinkError::Checkpoint {
+                        path: PathBuf::from(format!("sink `{}`", p.name())),
+                        reason: e.to_string(),
+                    });
+                    self.with(|s| s.error = Some(e));
+                    return;
+                }
+            }
+        }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> Option<R> {
@@ -95,16 +192,25 @@ impl ArrowSink {
         let schema = changelog_schema_of(columns);
         let writer = Arc::new(Mutex::new(writer));
         let (sink, sink2, writer2) = (self.clone(), self.clone(), Arc::clone(&writer));
+        let participant = self.participant(view.scope().index() == 0, &writer);
+        let participant2 = Rc::clone(&participant);
         on_closed_times(
             view,
             move |time, changes| {
+                if Self::committed_before(&participant, time) {
+                    return;
+                }
+                sink.checkpoints_due(&participant, &writer, Some(time));
                 sink.step(&writer, |w| {
                     let batch = changes_to_batch(&schema, time, changes)?;
                     w.write(&batch)?;
                     Ok((batch.num_rows() as u64, None))
                 })
             },
-            move |frontier| sink2.commit(&writer2, frontier),
+            move |frontier| {
+                sink2.checkpoints_due(&participant2, &writer2, frontier);
+                sink2.commit(&writer2, frontier)
+            },
         );
     }
 
@@ -146,9 +252,15 @@ impl ArrowSink {
         let writer = Arc::new(Mutex::new(writer));
         let (sink, sink2, writer2) = (self.clone(), self.clone(), Arc::clone(&writer));
         let mut batcher = DocumentBatcher::changelog(source);
+        let participant = self.participant(rows.scope().index() == 0, &writer);
+        let participant2 = Rc::clone(&participant);
         on_closed_times(
             rows,
             move |time, changes| {
+                if Self::committed_before(&participant, time) {
+                    return;
+                }
+                sink.checkpoints_due(&participant, &writer, Some(time));
                 sink.step(&writer, |w| {
                     let mut rows = 0;
                     for batch in document_changes(&mut batcher, time, changes)? {
@@ -158,7 +270,10 @@ impl ArrowSink {
                     Ok((rows, Some(batcher.stats())))
                 })
             },
-            move |frontier| sink2.commit(&writer2, frontier),
+            move |frontier| {
+                sink2.checkpoints_due(&participant2, &writer2, frontier);
+                sink2.commit(&writer2, frontier)
+            },
         );
     }
 

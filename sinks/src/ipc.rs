@@ -178,6 +178,12 @@ impl BatchWriter for IpcWriter {
     fn files(&self) -> Vec<PathBuf> {
         self.rolling.files()
     }
+    fn checkpoint(&mut self, frontier: ClusterTime) -> Result<u64, SinkError> {
+        self.rolling.checkpoint(frontier)
+    }
+    fn recover(&mut self, position: u64) -> Result<(), SinkError> {
+        self.rolling.recover(position)
+    }
 }
 
 /// A live Arrow IPC stream on `out` (stdout, a socket, a file): one stream per schema series.

@@ -36,6 +36,7 @@
 pub mod arrow;
 pub mod callback;
 pub mod changelog;
+pub mod checkpoint;
 pub mod dataflow;
 pub mod ipc;
 pub mod parquet;
@@ -67,4 +68,13 @@ pub enum SinkError {
     /// An option this build cannot honour (e.g. a compression codec not compiled in).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// A checkpoint could not be written or read (the state directory, the manifest, the
+    /// persisted state); no frontier is recorded whose output is not written.
+    #[error("checkpoint {path}: {reason}", path = path.display())]
+    Checkpoint {
+        /// The file or directory.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
 }

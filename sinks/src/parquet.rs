@@ -228,6 +228,12 @@ impl BatchWriter for ParquetWriter {
     fn files(&self) -> Vec<PathBuf> {
         self.rolling.files()
     }
+    fn checkpoint(&mut self, frontier: ClusterTime) -> Result<u64, SinkError> {
+        self.rolling.checkpoint(frontier)
+    }
+    fn recover(&mut self, position: u64) -> Result<(), SinkError> {
+        self.rolling.recover(position)
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,13 @@
 //! Files are `DIR/STEM-NNNNNN.EXT`, numbered from 0 in the order they complete; each is written
 //! as `DIR/.STEM-NNNNNN.EXT.tmp-PID` and renamed when closed. See [`crate::writer`] for when a
 //! file closes and what its metadata says.
+//!
+//! # Checkpoints
+//!
+//! [`Rolling::checkpoint`] closes the open file at the checkpoint's frontier and returns the
+//! next file number, which the checkpoint records. [`Rolling::recover`] (a restart) deletes
+//! every temporary of this stem and every file numbered at or after the recorded number:
+//! they were written after the checkpoint, and the restarted pipeline writes them again.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -165,6 +172,7 @@ impl<F: FileFormat> Rolling<F> {
             .format
             .close(open.inner, metadata)
             .and_then(|file| file.sync_all().map_err(|e| e.to_string()))
+            .map(|()| crate::checkpoint::crash_point("file-before-rename"))
             .and_then(|()| std::fs::rename(&open.temporary, &open.path).map_err(|e| e.to_string()));
         match result {
             Ok(()) => {
@@ -181,6 +189,43 @@ impl<F: FileFormat> Rolling<F> {
 
     pub fn files(&self) -> Vec<PathBuf> {
         self.files.clone()
+    }
+
+    /// Closes the open file, complete up to `frontier`; returns the next file's number.
+    pub fn checkpoint(&mut self, frontier: ClusterTime) -> Result<u64, SinkError> {
+        self.committed = frontier;
+        self.close(Some(frontier))?;
+        Ok(self.next)
+    }
+
+    /// Removes what was written after a checkpoint whose next file number was `next`, and
+    /// continues numbering from there.
+    pub fn recover(&mut self, next: u64) -> Result<(), SinkError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.next = next;
+                return Ok(());
+            }
+            Err(e) => return Err(Self::error(&self.dir, e)),
+        };
+        let extension = format!(".{}", self.format.extension());
+        let prefix = format!("{}-", self.stem);
+        for entry in entries {
+            let entry = entry.map_err(|e| Self::error(&self.dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let temporary = name.starts_with(&format!(".{prefix}"))
+                && name.contains(&format!("{extension}.tmp-"));
+            let number = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(&extension))
+                .and_then(|n| n.parse::<u64>().ok());
+            if temporary || number.is_some_and(|n| n >= next) {
+                std::fs::remove_file(entry.path()).map_err(|e| Self::error(&entry.path(), e))?;
+            }
+        }
+        self.next = next;
+        Ok(())
     }
 }
 

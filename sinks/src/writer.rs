@@ -47,6 +47,22 @@ pub trait BatchWriter {
     fn files(&self) -> Vec<PathBuf> {
         Vec::new()
     }
+
+    /// A checkpoint at `frontier`: everything before it is written and made durable now (a
+    /// file writer closes its open file, whatever the roll policy says). Returns the writer's
+    /// position to record in the checkpoint: for file writers the number the next file gets.
+    fn checkpoint(&mut self, frontier: ClusterTime) -> Result<u64, SinkError> {
+        self.commit(Some(frontier))?;
+        Ok(0)
+    }
+
+    /// A restart from a checkpoint whose position was `position`: output written after it is
+    /// removed (for file writers: temporaries and files numbered `position` or later) and
+    /// writing continues from there.
+    fn recover(&mut self, position: u64) -> Result<(), SinkError> {
+        let _ = position;
+        Ok(())
+    }
 }
 
 impl<W: BatchWriter + ?Sized> BatchWriter for Box<W> {
@@ -58,6 +74,12 @@ impl<W: BatchWriter + ?Sized> BatchWriter for Box<W> {
     }
     fn files(&self) -> Vec<PathBuf> {
         (**self).files()
+    }
+    fn checkpoint(&mut self, frontier: ClusterTime) -> Result<u64, SinkError> {
+        (**self).checkpoint(frontier)
+    }
+    fn recover(&mut self, position: u64) -> Result<(), SinkError> {
+        (**self).recover(position)
     }
 }
 

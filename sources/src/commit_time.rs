@@ -209,12 +209,16 @@ impl CommitGrouper {
     /// The token of the last event up to which everything has been released (see the module
     /// docs); `None` before the first such event.
     pub fn resume_token(&self) -> Option<ResumeToken> {
-        let at = if self.open.is_empty() {
-            &self.last_pushed
+        self.resume_event().map(ChangeEvent::token)
+    }
+
+    /// The event whose token [`CommitGrouper::resume_token`] gives (no token is built).
+    pub fn resume_event(&self) -> Option<&ChangeEvent> {
+        if self.open.is_empty() {
+            self.last_pushed.as_ref()
         } else {
-            &self.before_open
-        };
-        at.as_ref().map(ChangeEvent::token)
+            self.before_open.as_ref()
+        }
     }
 
     /// What has been released so far.

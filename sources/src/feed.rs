@@ -28,15 +28,19 @@
 //!   capability to a later time with no event: the stream is known to have moved past
 //!   everything before it. It first releases the transactions that ended before that time, and
 //!   never moves past an open transaction's last event (it may still be released there).
-//! * The position recorded in the [`SourceStatus`] pairs the frontier with the resume token up to
-//!   which every event was sent ([`CommitGrouper::resume_token`]), so a restart from that token
-//!   re-reads any transaction that was still open.
+//! * The position recorded in the [`SourceStatus`] pairs the frontier `F` with a **checkpoint
+//!   token** `K`: every event released at a time `≥ F` comes after `K` in the stream. `K` is the
+//!   earlier (in stream order) of the token before the first event at a time `≥ F` and the
+//!   token before any transaction still open ([`CommitGrouper::resume_token`]). A restart from
+//!   `K` with [`Feed::skip_before`]`(F)` therefore re-reads everything output at `F` or later
+//!   and drops what was output before `F`: exactly once.
 //! * [`Feed::end`] drops the capability. [`Feed::fail`] records the error in the
 //!   [`SourceStatus`] and *keeps* the capability, so no partial time is released; a reader that
 //!   goes away without either is reported as a failure too.
 //!
 //! Only worker 0 runs a reader; other workers' copies of the source drop their capability at once.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 
@@ -74,6 +78,14 @@ pub struct Feed {
     sent: ClusterTime,
     grouper: CommitGrouper,
     status: Arc<SourceStatus>,
+    /// For each time at or after the frontier that an event started, the event whose token is
+    /// the grouper's resume token just before it: where a restart must begin to see that time
+    /// again (events, not tokens, so the hot path builds no token).
+    starts: VecDeque<(ClusterTime, Option<ChangeEvent>)>,
+    /// Released events before this time are dropped (a restart from a checkpoint).
+    skip_before: Option<ClusterTime>,
+    /// The token of the last event or progress read: where the stream is.
+    latest_token: Option<ResumeToken>,
 }
 
 /// The source operator has gone (its dataflow was dropped): the reader should stop.
@@ -107,14 +119,64 @@ impl Feed {
             "times must not decrease"
         );
         let mut out = Vec::with_capacity(batch.len());
-        for (event, time) in batch {
+        let n = batch.len();
+        for (i, (event, time)) in batch.into_iter().enumerate() {
+            if time > self.last || self.starts.is_empty() {
+                let before = self.grouper.resume_event().cloned();
+                self.starts.push_back((time, before));
+            }
             self.last = time;
+            if i + 1 == n {
+                self.latest_token = Some(event.token());
+            }
             self.grouper.push(event, time, &mut out);
         }
         // More events may follow at the input's last time, or at an open transaction's.
         let frontier = self.grouper.safe_time().unwrap_or(self.last);
-        let token = self.grouper.resume_token();
+        let token = self.checkpoint_token(frontier, None);
         self.flush(out, frontier, token)
+    }
+
+    /// Drops every event released at a time before `time`: the source restarted from a
+    /// checkpoint at frontier `time` (from its token), and what came before was committed.
+    /// Transactions are judged by their commit time, so one that was still open at the
+    /// checkpoint is emitted whole. Call before the first event.
+    pub fn skip_before(&mut self, time: ClusterTime) {
+        self.skip_before = Some(time);
+    }
+
+    /// The token a restart must resume after to see again every event released at `frontier`
+    /// or later (see the module docs); `after_all` is the token to use when no event at or
+    /// after `frontier` has been read (e.g. a post-batch token).
+    fn checkpoint_token(
+        &mut self,
+        frontier: ClusterTime,
+        after_all: Option<Option<ResumeToken>>,
+    ) -> Option<ResumeToken> {
+        while self.starts.front().is_some_and(|(t, _)| *t < frontier) {
+            self.starts.pop_front();
+        }
+        let before_open = self.grouper.has_open().then(|| self.grouper.resume_event());
+        let first = match self.starts.front() {
+            Some((_, event)) => event.as_ref(),
+            None => match after_all {
+                // No event at or after the frontier was read: the given token (a post-batch
+                // token) is where the stream is, unless a transaction is still open.
+                Some(token) => {
+                    return match before_open {
+                        None => token,
+                        Some(None) => None,
+                        Some(Some(open)) => token.map(|t| t.min(open.token())),
+                    };
+                }
+                None => self.grouper.resume_event(),
+            },
+        };
+        match (first, before_open) {
+            (first, None) => first.map(ChangeEvent::token),
+            (Some(a), Some(Some(b))) => Some(std::cmp::min_by(a, b, |x, y| x.cmp_token(y)).token()),
+            _ => None,
+        }
     }
 
     /// Declares that no event before `time` will follow (an idle stream's post-batch token,
@@ -127,12 +189,13 @@ impl Feed {
     ) -> Result<(), Disconnected> {
         if time > self.last {
             self.last = time;
+            if token.is_some() {
+                self.latest_token = token.clone();
+            }
             let mut out = Vec::new();
             self.grouper.advance(time, &mut out);
-            let (frontier, token) = match self.grouper.safe_time() {
-                Some(open) => (open.min(time), self.grouper.resume_token()),
-                None => (time, token),
-            };
+            let frontier = self.grouper.safe_time().map_or(time, |open| open.min(time));
+            let token = self.checkpoint_token(frontier, Some(token));
             self.flush(out, frontier, token)?;
         }
         Ok(())
@@ -143,8 +206,13 @@ impl Feed {
     pub fn end(mut self) {
         let mut out = Vec::new();
         self.grouper.finish(&mut out);
-        let token = self.grouper.resume_token();
+        let token = self.checkpoint_token(self.last, None);
         if self.flush(out, self.last, token).is_ok() {
+            // Everything is out: a restart resumes after the latest token and emits nothing
+            // at or before the last time.
+            if let Some(after) = self.last.successor() {
+                self.status.record_candidate(after, &self.latest_token);
+            }
             let _ = self.send(Message::End);
         }
     }
@@ -158,12 +226,20 @@ impl Feed {
     /// Sends released events (if any) and the new frontier (if it moved).
     fn flush(
         &mut self,
-        out: Vec<(ChangeEvent, ClusterTime)>,
+        mut out: Vec<(ChangeEvent, ClusterTime)>,
         frontier: ClusterTime,
         token: Option<ResumeToken>,
     ) -> Result<(), Disconnected> {
         self.status.set_grouping(self.grouper.counts());
+        if let Some(skip) = self.skip_before {
+            let before = out.len();
+            out.retain(|(_, time)| *time >= skip);
+            self.status.add_skipped((before - out.len()) as u64);
+        }
         let frontier = frontier.max(self.sent);
+        if frontier > self.sent {
+            self.status.offer_candidate(frontier, &token);
+        }
         if !out.is_empty() {
             self.sent = frontier;
             self.send(Message::Events(out, frontier, token))
@@ -218,6 +294,9 @@ where
                 sent: ClusterTime::MIN,
                 grouper: CommitGrouper::new(TxnCompletion::default()),
                 status: Arc::clone(&status),
+                starts: VecDeque::new(),
+                skip_before: None,
+                latest_token: None,
             };
             let spawned = std::thread::Builder::new()
                 .name(thread_name)
@@ -358,6 +437,14 @@ mod tests {
                 .unwrap();
             // The plain event went out; the transaction holds the frontier at its last time.
             assert_eq!(frontier(worker, Some(5)), Some(5));
+            // A restart must re-read from just after the event at 3 (the transaction at 5 is
+            // not out yet).
+            let (at, token) = status2.position().unwrap();
+            assert_eq!(at, ClusterTime::new(5, 0));
+            assert_eq!(
+                token.and_then(|t| t.cluster_time()),
+                Some(ClusterTime::new(3, 1))
+            );
             steps.send(Step::Progress(5)).unwrap();
             assert_eq!(frontier(worker, Some(5)), Some(5));
             steps.send(Step::Events(vec![event(6, true)])).unwrap();

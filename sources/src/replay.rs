@@ -77,6 +77,9 @@ pub struct ReplayOptions {
     pub continue_after_invalidate: bool,
     /// When a transaction counts as complete (see [`crate::commit_time`]).
     pub txn_completion: TxnCompletion,
+    /// Drop every event released before this time: a restart from a checkpoint at this
+    /// frontier re-reads the file from its start and emits only what was not committed.
+    pub skip_before: Option<ClusterTime>,
     status: Arc<SourceStatus>,
 }
 
@@ -90,6 +93,7 @@ impl ReplayOptions {
             idle_timeout: None,
             continue_after_invalidate: false,
             txn_completion: TxnCompletion::default(),
+            skip_before: None,
             status: SourceStatus::new(),
         }
     }
@@ -115,6 +119,9 @@ pub fn replay<'scope>(
 /// The reader thread: reads the file in batches and feeds them to the source.
 fn read_file(mut feed: Feed, options: &ReplayOptions, status: &SourceStatus) {
     feed.set_txn_completion(options.txn_completion);
+    if let Some(time) = options.skip_before {
+        feed.skip_before(time);
+    }
     let mut input = match EventReader::open(options.reader.clone()) {
         Ok(input) => input,
         Err(e) => return feed.fail(e),

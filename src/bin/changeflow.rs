@@ -48,6 +48,9 @@ enum Command {
         #[arg(long)]
         idle_timeout: Option<f64>,
     },
+    /// Follow a live collection into an exactly-once Parquet changelog and a persisted state,
+    /// restartable after any crash (needs `--features live`)
+    Follow(changeflow::jobs::follow::Args),
     /// Write shop.orders (live and changelog) and V1's changelog as rolling Parquet files
     OrdersToParquet(changeflow::jobs::orders_to_parquet::Args),
     /// Write a seeded, realistic change stream of the `shop.orders` collection
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             idle_timeout,
         } => record(uri, db, coll, out, max_events, idle_timeout),
         Command::OrdersToParquet(args) => changeflow::jobs::orders_to_parquet::main_with(args),
+        Command::Follow(args) => changeflow::jobs::follow::main_with(args),
         Command::Generate {
             events,
             seed,

@@ -2,6 +2,8 @@
 //! wrapper around one of these, so tests and benchmarks run exactly what users run.
 
 pub mod bank_transfers;
+pub mod crash_trials;
+pub mod follow;
 pub mod orders_by_region;
 pub mod orders_to_parquet;
 pub mod pipeline_view;

@@ -3,6 +3,8 @@
 
 mod arrow_interop;
 mod bad_input;
+mod checkpoints;
+mod crash_trials;
 mod follow;
 mod handles;
 mod live;

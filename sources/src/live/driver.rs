@@ -75,6 +75,9 @@ impl From<Disconnected> for Stop {
 
 /// Runs the reader for a source: follows the stream and ends or fails the feed.
 pub(crate) fn run(mut feed: Feed, options: LiveOptions) {
+    if let Some(time) = options.skip_before {
+        feed.skip_before(time);
+    }
     match follow(&mut feed, &options) {
         Ok(()) => feed.end(),
         Err(Stop::Disconnected) => {}

@@ -217,6 +217,9 @@ pub struct LiveOptions {
     pub batch: usize,
     /// Ends the input from another thread.
     pub stopper: Stopper,
+    /// Drop every event released before this time: set by a restart from a checkpoint at this
+    /// frontier (see [`LiveOptions::resume_from_checkpoint`]).
+    pub skip_before: Option<ClusterTime>,
     status: Arc<SourceStatus>,
 }
 
@@ -242,6 +245,7 @@ impl LiveOptions {
             idle_timeout: None,
             batch: 1024,
             stopper: Stopper::default(),
+            skip_before: None,
             status: SourceStatus::new(),
         }
     }
@@ -263,6 +267,27 @@ impl LiveOptions {
             Some(_) => cosmos::shape_pipeline(&self.pipeline),
             None => self.pipeline.clone(),
         }
+    }
+
+    /// Restarts from a checkpoint: the frontier `F` and checkpoint token `K` that a
+    /// [`SourceStatus::position`] gave. The stream resumes after `K` (or, for `None`, where it
+    /// first started) and events released before `F` are dropped, so the source emits exactly
+    /// what was not emitted before `F`.
+    ///
+    /// ```
+    /// use changeflow_core::{ClusterTime, ResumeToken};
+    /// use changeflow_sources::live::{LiveOptions, StartAt, WatchTarget};
+    /// let token = ResumeToken::from_data("8200000005000000012B");
+    /// let mut o = LiveOptions::new("mongodb://h/?replicaSet=rs0", WatchTarget::collection("a", "b"));
+    /// o.resume_from_checkpoint(ClusterTime::new(6, 0), Some(token.clone()));
+    /// assert_eq!(o.start, StartAt::ResumeAfter(token));
+    /// assert_eq!(o.skip_before, Some(ClusterTime::new(6, 0)));
+    /// ```
+    pub fn resume_from_checkpoint(&mut self, frontier: ClusterTime, token: Option<ResumeToken>) {
+        if let Some(token) = token {
+            self.start = StartAt::ResumeAfter(token);
+        }
+        self.skip_before = Some(frontier);
     }
 
     /// Checks the options that can be checked without a server (the pipeline).
@@ -294,6 +319,7 @@ impl fmt::Debug for LiveOptions {
             .field("max_events", &self.max_events)
             .field("idle_timeout", &self.idle_timeout)
             .field("batch", &self.batch)
+            .field("skip_before", &self.skip_before)
             .finish_non_exhaustive()
     }
 }
