@@ -12,6 +12,12 @@
 //! * **hand-written V1**: `GroupBy` per region: count and sum of amount.
 //! * **pipeline V1**: `[{$group: {_id: "$region", orders: {$sum: 1}, amount: {$sum: "$amount"}}}]`.
 //! * **pipeline unwind**: `[{$unwind: "$items"}, {$group: {_id: "$items.sku", qty: {$sum: "$items.qty"}}}]`.
+//! * **pipeline $lookup**: orders joined with a changing `shop.customers` collection
+//!   (`testkit::customers`: 5 000 customers, then one customer change per 20 orders events,
+//!   merged by clusterTime), then grouped by the customer's tier:
+//!   `[{$lookup: {from: "customers", localField: "customer_id", foreignField: "_id", as: "c"}},
+//!   {$unwind: "$c"}, {$group: {_id: "$c.tier", orders: {$sum: 1}, amount: {$sum: "$amount"}}}]`.
+//!   Its events/s count both collections' events.
 //! * **document state only**: the common part, for reference.
 //!
 //! Reported: events/s (best of `--runs`) and each pipeline's ratio to the hand-written V1.
@@ -23,6 +29,7 @@ use changeflow::jobs::orders_by_region::v1_definition;
 use changeflow::operators::documents::{DocumentStats, document_state};
 use changeflow::operators::pipeline::compile::PipelineView;
 use changeflow::sources::memory::from_events;
+use changeflow_testkit::customers::{CustomersConfig, customer_events};
 use changeflow_testkit::orders::{OrdersConfig, OrdersWorkload};
 
 fn arg(name: &str) -> Option<String> {
@@ -77,6 +84,24 @@ fn main() {
     })
     .map(|line| ChangeEvent::from_json(line.as_bytes()).expect("generated events decode"))
     .collect();
+    // The orders plus a customers collection changing over the same span, for the $lookup.
+    let (first, last) = (
+        decoded.first().map_or(0, |e| e.cluster_time().seconds()),
+        decoded.last().map_or(0, |e| e.cluster_time().seconds()),
+    );
+    let mut with_customers = decoded.clone();
+    with_customers.extend(
+        customer_events(&CustomersConfig {
+            seed: 1,
+            customers: 5000,
+            changes: events / 20,
+            start_time: first,
+            seconds: last.saturating_sub(first).max(1),
+        })
+        .iter()
+        .map(|line| ChangeEvent::from_json(line.as_bytes()).expect("customer events decode")),
+    );
+    with_customers.sort_by_key(ChangeEvent::cluster_time);
     let variants = [
         ("document state only", Variant::DocumentState),
         ("hand-written V1", Variant::HandWritten),
@@ -92,14 +117,25 @@ fn main() {
                 r#"[{"$unwind": "$items"}, {"$group": {"_id": "$items.sku", "qty": {"$sum": "$items.qty"}}}]"#,
             ),
         ),
+        (
+            "pipeline $lookup customers + $group",
+            Variant::Pipeline(
+                r#"[{"$lookup": {"from": "customers", "localField": "customer_id", "foreignField": "_id", "as": "c"}}, {"$unwind": "$c"}, {"$group": {"_id": "$c.tier", "orders": {"$sum": 1}, "amount": {"$sum": "$amount"}}}]"#,
+            ),
+        ),
     ];
     println!("{events} events in memory, one worker, best of {runs} runs");
     let mut baseline = None;
     for (name, variant) in variants {
+        let input = if name.contains("$lookup") {
+            &with_customers
+        } else {
+            &decoded
+        };
         let best = (0..runs)
-            .map(|_| run(&decoded, variant))
+            .map(|_| run(input, variant))
             .fold(f64::INFINITY, f64::min);
-        let rate = events as f64 / best;
+        let rate = input.len() as f64 / best;
         if matches!(variant, Variant::HandWritten) {
             baseline = Some(rate);
         }

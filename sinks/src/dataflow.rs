@@ -31,9 +31,10 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use changeflow_core::ClusterTime;
+use changeflow_core::{ClusterTime, Document};
 use changeflow_operators::documents::Documents;
 use changeflow_operators::handle::on_closed_times;
+use changeflow_operators::pipeline::compile::PipelineCollection;
 use changeflow_operators::value::ValueType;
 use changeflow_operators::views::View;
 
@@ -225,13 +226,36 @@ impl ArrowSink {
     ) {
         let ns: Arc<str> = namespace.into();
         let documents = documents.filter(move |(key, _)| key.ns() == &*ns);
+        self.attach_rows(documents, source, writer);
+    }
+
+    /// Writes a pipeline view's changes at each closed time to `writer`: its documents as rows
+    /// (schema from `source`), with `_time` and `_diff`. Call on every worker.
+    pub fn attach_pipeline<'scope, W: BatchWriter + 'static>(
+        &self,
+        view: PipelineCollection<'scope>,
+        source: SchemaSource,
+        writer: W,
+    ) {
+        self.attach_rows(view, source, writer);
+    }
+
+    fn attach_rows<'scope, K, W>(
+        &self,
+        rows: differential_dataflow::VecCollection<'scope, ClusterTime, (K, Document), isize>,
+        source: SchemaSource,
+        writer: W,
+    ) where
+        K: Ord + Clone + serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+        W: BatchWriter + 'static,
+    {
         let writer = Arc::new(Mutex::new(writer));
         let (sink, sink2, writer2) = (self.clone(), self.clone(), Arc::clone(&writer));
         let mut batcher = DocumentBatcher::changelog(source);
-        let participant = self.participant(documents.scope().index() == 0, &writer);
+        let participant = self.participant(rows.scope().index() == 0, &writer);
         let participant2 = Rc::clone(&participant);
         on_closed_times(
-            documents,
+            rows,
             move |time, changes| {
                 if Self::committed_before(&participant, time) {
                     return;

@@ -25,8 +25,20 @@ pub(crate) fn run_to_end<F>(
 where
     F: Fn(&mut timely::worker::Worker) -> Result<(), String> + Send + Sync + 'static,
 {
+    run_to_end_all(workers, std::slice::from_ref(status), worker_job)
+}
+
+/// [`run_to_end`] for a job with several sources (reporting the first failed one's error).
+pub(crate) fn run_to_end_all<F>(
+    workers: usize,
+    statuses: &[Arc<SourceStatus>],
+    worker_job: F,
+) -> Result<(), JobError>
+where
+    F: Fn(&mut timely::worker::Worker) -> Result<(), String> + Send + Sync + 'static,
+{
     let results = runtime::execute(workers, worker_job).map_err(JobError::Dataflow)?;
-    if let Some(error) = runtime::take_source_error(std::slice::from_ref(status)) {
+    if let Some(error) = runtime::take_source_error(statuses) {
         return Err(error.into());
     }
     match results.into_iter().find_map(Result::err) {

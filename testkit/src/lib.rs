@@ -36,6 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod bank;
+pub mod customers;
 pub mod extjson;
 pub mod orders;
 pub mod reference;

@@ -1,9 +1,9 @@
 //! Date expressions: `$year $month $dayOfMonth $dayOfWeek $dayOfYear $hour $minute $second
 //! $millisecond $dateToString $dateTrunc $dateFromString`, in UTC or a fixed-offset timezone.
 //!
-//! Timezones: `"UTC"`, `"GMT"`, `"Z"` and fixed offsets (`"+05:30"`, `"-08"`, `"+0530"`). Olson
-//! names (`"Europe/Paris"`) need a timezone database changeflow does not ship: they are a
-//! runtime error naming the timezone, never a silent UTC.
+//! Timezones: `"UTC"`, `"GMT"`, `"Z"`, fixed offsets (`"+05:30"`, `"-08"`, `"+0530"`) and Olson
+//! names (`"Europe/Paris"`), read from the system's zoneinfo database ([`crate::mql::tz`]); a
+//! zone that cannot be found is a runtime error naming it, never a silent UTC.
 //!
 //! ```
 //! use bson::{bson, doc};
@@ -20,6 +20,7 @@ use changeflow_core::calendar::{civil_from_days as civil, days_from_civil};
 
 use crate::mql::expr::{EvalError, type_name};
 use crate::mql::number::{Dec, Num};
+use crate::mql::tz::Zone;
 
 fn fail<T>(op: &str, reason: impl Into<String>) -> Result<T, EvalError> {
     Err(EvalError {
@@ -84,9 +85,14 @@ fn parts(local_ms: i64) -> Parts {
 /// Parses an ISO-8601 date (`2023-11-14`, `2023-11-14T22:13:20.123Z`, with an offset) or, with
 /// `format`, a date in that format; `tz_ms` applies when the string has no offset.
 pub fn parse_date(s: &str, format: Option<&str>, tz_ms: i64) -> Option<i64> {
+    parse_date_in(s, format, &Zone::Fixed(tz_ms))
+}
+
+/// [`parse_date`] with `zone` for strings without an offset.
+pub fn parse_date_in(s: &str, format: Option<&str>, zone: &Zone) -> Option<i64> {
     let s = s.trim();
     if let Some(format) = format {
-        return parse_with_format(s, format, tz_ms);
+        return parse_with_format(s, format, zone);
     }
     let (date, time) = match s.find(['T', ' ']) {
         Some(i) => (&s[..i], &s[i + 1..]),
@@ -120,17 +126,17 @@ pub fn parse_date(s: &str, format: Option<&str>, tz_ms: i64) -> Option<i64> {
         };
         ms = ((h * 60 + mi) * 60 + se) * 1000 + frac_ms;
     }
-    let offset = match offset {
-        Some(o) => offset_millis(o)?,
-        None => tz_ms,
-    };
-    Some(days_from_civil(y, m, d) * 86_400_000 + ms - offset)
+    let local = days_from_civil(y, m, d) * 86_400_000 + ms;
+    Some(match offset {
+        Some(o) => local - offset_millis(o)?,
+        None => zone.local_to_utc(local),
+    })
 }
 
-fn parse_with_format(s: &str, format: &str, tz_ms: i64) -> Option<i64> {
+fn parse_with_format(s: &str, format: &str, zone: &Zone) -> Option<i64> {
     let (mut y, mut mo, mut d, mut h, mut mi, mut se, mut ms) =
         (1970i64, 1u32, 1u32, 0i64, 0i64, 0i64, 0i64);
-    let mut offset = tz_ms;
+    let mut offset: Option<i64> = None;
     let mut rest = s;
     let mut chars = format.chars();
     while let Some(c) = chars.next() {
@@ -159,14 +165,18 @@ fn parse_with_format(s: &str, format: &str, tz_ms: i64) -> Option<i64> {
             'M' => mi = field.parse().ok()?,
             'S' => se = field.parse().ok()?,
             'L' => ms = field.parse().ok()?,
-            'z' => offset = offset_millis(field)?,
+            'z' => offset = Some(offset_millis(field)?),
             _ => return None,
         }
     }
     if !rest.is_empty() {
         return None;
     }
-    Some(days_from_civil(y, mo, d) * 86_400_000 + ((h * 60 + mi) * 60 + se) * 1000 + ms - offset)
+    let local = days_from_civil(y, mo, d) * 86_400_000 + ((h * 60 + mi) * 60 + se) * 1000 + ms;
+    Some(match offset {
+        Some(o) => local - o,
+        None => zone.local_to_utc(local),
+    })
 }
 
 fn format_date(local_ms: i64, offset_ms: i64, format: &str) -> Result<String, EvalError> {
@@ -221,18 +231,16 @@ fn day_of_year(p: &Parts) -> i64 {
 }
 
 /// The value of a timezone argument: `Ok(None)` when it was given as null (the result is null).
-fn timezone(op: &str, tz: &Option<Bson>) -> Result<Option<i64>, EvalError> {
+fn timezone(op: &str, tz: &Option<Bson>) -> Result<Option<Zone>, EvalError> {
     match tz {
-        None => Ok(Some(0)),
+        None => Ok(Some(Zone::Fixed(0))),
         Some(Bson::Null) => Ok(None),
         Some(Bson::String(s)) => match offset_millis(s) {
-            Some(ms) => Ok(Some(ms)),
-            None => fail(
-                op,
-                format!(
-                    "unrecognized time zone identifier: \"{s}\" (changeflow supports UTC and fixed offsets such as \"+05:30\")"
-                ),
-            ),
+            Some(ms) => Ok(Some(Zone::Fixed(ms))),
+            None => match Zone::named(s) {
+                Ok(zone) => Ok(Some(zone)),
+                Err(e) => fail(op, e.to_string()),
+            },
         },
         Some(other) => fail(
             op,
@@ -287,7 +295,7 @@ pub fn eval_date_op(op: &str, args: Vec<Option<Bson>>) -> Result<Option<Bson>, E
             };
             match arg(0) {
                 None | Some(Bson::Null) => Ok(Some(arg(4).unwrap_or(Bson::Null))),
-                Some(Bson::String(s)) => match parse_date(&s, format.as_deref(), tz) {
+                Some(Bson::String(s)) => match parse_date_in(&s, format.as_deref(), &tz) {
                     Some(ms) => Ok(Some(Bson::DateTime(bson::DateTime::from_millis(ms)))),
                     None => match args.get(3).cloned().flatten() {
                         Some(on_error) => Ok(Some(on_error)),
@@ -320,7 +328,12 @@ pub fn eval_date_op(op: &str, args: Vec<Option<Bson>>) -> Result<Option<Bson>, E
                     );
                 }
             };
-            Ok(Some(Bson::String(format_date(ms + tz, tz, &format)?)))
+            let offset = tz.offset_at(ms);
+            Ok(Some(Bson::String(format_date(
+                ms + offset,
+                offset,
+                &format,
+            )?)))
         }
         "$dateTrunc" => {
             let Some(ms) = date_millis(op, &arg(0))? else {
@@ -346,7 +359,7 @@ pub fn eval_date_op(op: &str, args: Vec<Option<Bson>>) -> Result<Option<Bson>, E
                     _ => return fail(op, "binSize must be a positive integer"),
                 },
             };
-            let local = ms + tz;
+            let local = ms + tz.offset_at(ms);
             let p = parts(local);
             // Bins count from 2000-01-01 (a Saturday; weeks start on Sunday), as MongoDB does.
             let reference_days = days_from_civil(2000, 1, 1);
@@ -378,7 +391,7 @@ pub fn eval_date_op(op: &str, args: Vec<Option<Bson>>) -> Result<Option<Bson>, E
                 other => return fail(op, format!("unsupported unit '{other}'")),
             };
             Ok(Some(Bson::DateTime(bson::DateTime::from_millis(
-                truncated - tz,
+                tz.local_to_utc(truncated),
             ))))
         }
         _ => {
@@ -388,7 +401,7 @@ pub fn eval_date_op(op: &str, args: Vec<Option<Bson>>) -> Result<Option<Bson>, E
             let Some(tz) = timezone(op, &arg(1))? else {
                 return Ok(Some(Bson::Null));
             };
-            let p = parts(ms + tz);
+            let p = parts(ms + tz.offset_at(ms));
             let value = match op {
                 "$year" => p.year,
                 "$month" => i64::from(p.month),
@@ -408,6 +421,126 @@ pub fn eval_date_op(op: &str, args: Vec<Option<Bson>>) -> Result<Option<Bson>, E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether the system zoneinfo is there; outside CI its absence skips (under `CI=true`
+    /// it fails: `.ci/run` installs tzdata).
+    fn zoneinfo() -> bool {
+        let present = crate::mql::tz::zoneinfo_dir()
+            .join("America/New_York")
+            .exists();
+        assert!(
+            present || std::env::var("CI").is_err(),
+            "the zoneinfo database must be installed in CI"
+        );
+        present
+    }
+
+    fn eval(op: &str, args: Vec<Option<Bson>>) -> Bson {
+        eval_date_op(op, args).expect("evaluates").expect("a value")
+    }
+
+    fn date(ms: i64) -> Option<Bson> {
+        Some(Bson::DateTime(bson::DateTime::from_millis(ms)))
+    }
+
+    fn tz(name: &str) -> Option<Bson> {
+        Some(Bson::String(name.into()))
+    }
+
+    #[test]
+    fn olson_zones_cross_daylight_saving_edges() {
+        if !zoneinfo() {
+            return;
+        }
+        let ny = tz("America/New_York");
+        let paris = tz("Europe/Paris");
+        let fmt = Some(Bson::String("%Y-%m-%d %H:%M:%S %z".into()));
+        let show = |ms: i64, zone: &Option<Bson>| {
+            eval("$dateToString", vec![date(ms), fmt.clone(), zone.clone()])
+        };
+        // New York, spring forward 2024-03-10: 01:59:59 EST, then 03:00:00 EDT.
+        assert_eq!(
+            show(1_710_053_999_000, &ny),
+            Bson::String("2024-03-10 01:59:59 -0500".into())
+        );
+        assert_eq!(
+            show(1_710_054_000_000, &ny),
+            Bson::String("2024-03-10 03:00:00 -0400".into())
+        );
+        // New York, fall back 2024-11-03: 01:59:59 EDT, then 01:00:00 EST.
+        assert_eq!(
+            show(1_730_613_599_000, &ny),
+            Bson::String("2024-11-03 01:59:59 -0400".into())
+        );
+        assert_eq!(
+            show(1_730_613_600_000, &ny),
+            Bson::String("2024-11-03 01:00:00 -0500".into())
+        );
+        // Paris, 2024-03-31 01:00Z: 01:59:59 CET, then 03:00:00 CEST; 2024-10-27 back.
+        assert_eq!(
+            show(1_711_846_799_000, &paris),
+            Bson::String("2024-03-31 01:59:59 +0100".into())
+        );
+        assert_eq!(
+            show(1_711_846_800_000, &paris),
+            Bson::String("2024-03-31 03:00:00 +0200".into())
+        );
+        assert_eq!(
+            show(1_729_990_800_000, &paris),
+            Bson::String("2024-10-27 02:00:00 +0100".into())
+        );
+        // Before the transitions table's end and far after it (the footer rule): 1990 and 2090.
+        assert_eq!(
+            show(646_790_400_000, &ny),
+            Bson::String("1990-06-30 20:00:00 -0400".into())
+        );
+        assert_eq!(
+            show(3_802_896_000_000, &paris),
+            Bson::String("2090-07-05 02:00:00 +0200".into())
+        );
+        // $hour / $dayOfMonth in a zone.
+        assert_eq!(
+            eval("$hour", vec![date(1_710_054_000_000), ny.clone()]),
+            Bson::Int32(3)
+        );
+        assert_eq!(
+            eval("$dayOfMonth", vec![date(1_710_040_000_000), ny.clone()]),
+            Bson::Int32(9)
+        );
+        // $dateFromString reads local New York time (EST in January, EDT in July).
+        let parse = |s: &str| {
+            eval(
+                "$dateFromString",
+                vec![Some(Bson::String(s.into())), None, ny.clone()],
+            )
+        };
+        assert_eq!(
+            parse("2024-01-15T12:00:00"),
+            date(1_705_338_000_000).expect("d")
+        );
+        assert_eq!(
+            parse("2024-07-15T12:00:00"),
+            date(1_721_059_200_000).expect("d")
+        );
+        // $dateTrunc to the day in Paris: local midnight, 22:00Z in summer.
+        let trunc = eval(
+            "$dateTrunc",
+            vec![
+                date(1_719_792_000_000 + 3_600_000),
+                Some(Bson::String("day".into())),
+                None,
+                paris.clone(),
+            ],
+        );
+        assert_eq!(trunc, date(1_719_784_800_000).expect("d")); // 2024-06-30T22:00:00Z
+    }
+
+    #[test]
+    fn an_unknown_zone_is_an_error_naming_it() {
+        let err =
+            eval_date_op("$hour", vec![date(0), tz("Mars/Olympus_Mons")]).expect_err("unknown");
+        assert!(err.to_string().contains("\"Mars/Olympus_Mons\""), "{err}");
+    }
 
     #[test]
     fn civil_round_trips() {

@@ -10,6 +10,7 @@
 //! * [`path`]: dotted field paths, traversing arrays of documents (`items.sku`).
 //! * [`expr`]: aggregation expressions (`$add`, `$cond`, `$concat`, …), evaluated per document.
 //! * [`query`]: query predicates (`$match`), with MongoDB's implicit array matching.
+//! * [`dates`] and [`tz`]: the date operators, in UTC, fixed offsets and Olson zones.
 #![allow(clippy::module_name_repetitions)]
 
 pub mod compare;
@@ -18,3 +19,4 @@ pub mod expr;
 pub mod number;
 pub mod path;
 pub mod query;
+pub mod tz;

@@ -181,7 +181,7 @@ fn exclude_value(value: Bson, children: &[(String, Projection)]) -> Bson {
 }
 
 /// Sets a dotted path, creating documents; through an array, sets it in each element.
-fn set_path(doc: &mut Document, parts: &[&str], value: Bson) {
+pub(crate) fn set_path(doc: &mut Document, parts: &[&str], value: Bson) {
     let Some((head, rest)) = parts.split_first() else {
         return;
     };

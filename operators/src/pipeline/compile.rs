@@ -19,8 +19,9 @@
 //! # Errors
 //!
 //! A runtime error (say `$divide` by zero) drops that document from the view and is recorded in
-//! [`PipelineStats`] with the document's `_id` and the stage: the view never shows a wrong row,
-//! and the caller decides whether any error fails the job.
+//! [`PipelineStats`] as a [`StageError`] (the document's `_id`, the stage's position, the
+//! error): the view never shows a wrong row, and the caller's policy decides — fail fast on
+//! the first error, or send every failing document to a dead-letter output.
 
 use std::cmp::Ordering;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -42,7 +43,10 @@ use crate::mql::expr::{EvalError, Expr};
 use crate::mql::path::resolve;
 use crate::pipeline::apply::apply_stage;
 use crate::pipeline::group::AccState;
-use crate::pipeline::parse::{Located, PipelineError, Stage, parse_json_pipeline, parse_pipeline};
+use crate::pipeline::parse::{
+    Located, Lookup, LookupKey, PipelineError, Stage, lookup_collections, parse_json_pipeline,
+    parse_pipeline,
+};
 use crate::stash::TimeStash;
 
 /// One sort value with its direction.
@@ -85,11 +89,36 @@ pub struct Pos {
 /// A pipeline view's contents: documents with their positions.
 pub type PipelineCollection<'scope> = VecCollection<'scope, ClusterTime, (Pos, Document), isize>;
 
+/// A stage that failed on a document (MongoDB would have failed the aggregation): the
+/// document's `_id`, the stage's position and name, and MongoDB's error.
+///
+/// ```
+/// use changeflow_operators::mql::expr::EvalError;
+/// use changeflow_operators::pipeline::compile::StageError;
+/// let e = StageError { id: bson::bson!(7), position: 1, stage: "$project".into(),
+///     error: EvalError { operator: "$divide".into(), reason: "can't divide by zero".into() } };
+/// assert_eq!(e.to_string(), "document {_id: 7}: stage 1 ($project): $divide: can't divide by zero");
+/// ```
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("document {{_id: {id}}}: stage {position} ({stage}): {error}")]
+pub struct StageError {
+    /// The document's `_id` (the source document's, or the group's after a `$group`).
+    pub id: Bson,
+    /// The stage's position in the pipeline as written.
+    pub position: usize,
+    /// The stage's name as written.
+    pub stage: String,
+    /// What failed.
+    pub error: EvalError,
+}
+
 /// Runtime errors of a pipeline view.
 #[derive(Debug, Default)]
 pub struct PipelineStats {
     errors: AtomicU64,
-    first: Mutex<Option<String>>,
+    first: Mutex<Option<StageError>>,
+    collect: std::sync::atomic::AtomicBool,
+    pending: Mutex<Vec<StageError>>,
 }
 
 impl PipelineStats {
@@ -99,17 +128,41 @@ impl PipelineStats {
     }
     /// The first failure: the document's `_id`, the stage and MongoDB's error.
     pub fn first_error(&self) -> Option<String> {
+        self.first().map(|e| e.to_string())
+    }
+    /// The first failure, typed.
+    pub fn first(&self) -> Option<StageError> {
         self.first.lock().ok().and_then(|f| f.clone())
+    }
+    /// Keep every failure for [`PipelineStats::take_errors`] (a dead-letter output), not only
+    /// the first.
+    pub fn collect_errors(&self, on: bool) {
+        self.collect.store(on, AtomicOrdering::Relaxed);
+    }
+    /// The failures kept since the last call (with [`PipelineStats::collect_errors`]).
+    pub fn take_errors(&self) -> Vec<StageError> {
+        self.pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
     }
     fn record(&self, id: &Key, stage: &Located, error: &EvalError) {
         self.errors.fetch_add(1, AtomicOrdering::Relaxed);
+        let failure = StageError {
+            id: id.0.clone(),
+            position: stage.position,
+            stage: stage.name.clone(),
+            error: error.clone(),
+        };
+        if self.collect.load(AtomicOrdering::Relaxed)
+            && let Ok(mut pending) = self.pending.lock()
+        {
+            pending.push(failure.clone());
+        }
         if let Ok(mut first) = self.first.lock()
             && first.is_none()
         {
-            *first = Some(format!(
-                "document {{_id: {}}}: stage {} ({}): {error}",
-                id.0, stage.position, stage.name
-            ));
+            *first = Some(failure);
         }
     }
 }
@@ -159,109 +212,181 @@ impl PipelineView {
         Arc::clone(&self.stats)
     }
 
-    /// Builds the view over a document-state collection (see the module docs).
+    /// Builds the view over a document-state collection (see the module docs). `$lookup`
+    /// stages read their foreign namespaces from the same collection.
     pub fn build<'scope>(&self, documents: Documents<'scope>) -> PipelineCollection<'scope> {
-        let ns: Arc<str> = self.namespace.as_str().into();
-        let mut current: PipelineCollection<'scope> =
-            documents.flat_map(move |(key, doc): (DocKey, Document)| {
-                if key.ns() != &*ns {
-                    return None;
-                }
-                let parsed = BsonDoc::from_reader(doc.as_bytes()).ok()?;
-                let id = Key::new(parsed.get("_id").cloned().unwrap_or(Bson::Null));
-                Some((
-                    Pos {
-                        sort: Vec::new(),
-                        id,
-                        index: Vec::new(),
-                    },
-                    doc,
-                ))
-            });
-        let stages = Arc::clone(&self.stages);
-        let mut i = 0;
-        while i < stages.len() {
-            if stages[i].stage.is_per_document() {
-                let start = i;
-                while i < stages.len() && stages[i].stage.is_per_document() {
-                    i += 1;
-                }
-                current = per_document(current, Arc::clone(&stages), start..i, self.stats());
-                continue;
-            }
-            let located = stages[i].clone();
-            current = match &located.stage {
-                Stage::Sort(fields) => {
-                    let fields = fields.clone();
-                    // A sort followed (possibly after a skip) by a limit is a top-k; otherwise
-                    // it only sets the order.
-                    current.flat_map(move |(pos, doc): (Pos, Document)| {
-                        let parsed = BsonDoc::from_reader(doc.as_bytes()).ok()?;
-                        let sort = fields
-                            .iter()
-                            .map(|f| SortPart {
-                                value: Key::new(resolve(&parsed, &f.path).unwrap_or(Bson::Null)),
-                                descending: f.descending,
-                            })
-                            .collect();
-                        Some((Pos { sort, ..pos }, doc))
-                    })
-                }
-                Stage::Group { .. } => group(current, located, self.stats()),
-                Stage::Count(field) => {
-                    let field = field.clone();
-                    current
-                        .map(|_| ((), ()))
-                        .reduce(move |_, input, output| {
-                            let n: isize = input.iter().map(|(_, d)| *d).sum();
-                            if n > 0 {
-                                let mut d = BsonDoc::new();
-                                d.insert(
-                                    field.as_str(),
-                                    i32::try_from(n).map_or(Bson::Int64(n as i64), Bson::Int32),
-                                );
-                                if let Some(doc) = encode(&d) {
-                                    output.push((
-                                        (
-                                            Pos {
-                                                sort: Vec::new(),
-                                                id: Key::new(Bson::Null),
-                                                index: Vec::new(),
-                                            },
-                                            doc,
-                                        ),
-                                        1,
-                                    ));
-                                }
-                            }
-                        })
-                        .map(|((), row)| row)
-                }
-                Stage::Skip(n) | Stage::Limit(n) => {
-                    let (n, skip) = (*n as usize, matches!(located.stage, Stage::Skip(_)));
-                    current
-                        .map(|row| ((), row))
-                        .reduce(move |_, input, output| {
-                            // Input is sorted by (Pos, doc): MongoDB's order.
-                            let mut seen = 0usize;
-                            for (row, diff) in input {
-                                for _ in 0..(*diff).max(0) {
-                                    let keep = if skip { seen >= n } else { seen < n };
-                                    if keep {
-                                        output.push(((*row).clone(), 1));
-                                    }
-                                    seen += 1;
-                                }
-                            }
-                        })
-                        .map(|((), row)| row)
-                }
-                _ => current,
-            };
-            i += 1;
-        }
-        current
+        self.build_with_foreign(documents, Vec::new())
     }
+
+    /// The namespaces (`db.coll`) the pipeline's `$lookup` stages read.
+    ///
+    /// ```
+    /// use changeflow_operators::pipeline::compile::PipelineView;
+    /// let view = PipelineView::from_json("shop.orders", r#"[{"$lookup": {"from": "customers",
+    ///     "localField": "customer_id", "foreignField": "_id", "as": "customer"}}]"#).unwrap();
+    /// assert_eq!(view.lookup_namespaces(), vec!["shop.customers".to_string()]);
+    /// ```
+    pub fn lookup_namespaces(&self) -> Vec<String> {
+        let db = self.namespace.split('.').next().unwrap_or_default();
+        lookup_collections(&self.stages)
+            .into_iter()
+            .map(|c| format!("{db}.{c}"))
+            .collect()
+    }
+
+    /// Builds the view over `documents`, with `$lookup`'s foreign namespaces read from
+    /// `foreign` (`(namespace, document state)` pairs) when given there, from `documents`
+    /// otherwise: a lookup is a differential join of two document states, so either side's
+    /// change updates exactly the local documents it touches.
+    pub fn build_with_foreign<'scope>(
+        &self,
+        documents: Documents<'scope>,
+        foreign: Vec<(String, Documents<'scope>)>,
+    ) -> PipelineCollection<'scope> {
+        let ns: Arc<str> = self.namespace.as_str().into();
+        let current: PipelineCollection<'scope> =
+            documents
+                .clone()
+                .flat_map(move |(key, doc): (DocKey, Document)| {
+                    if key.ns() != &*ns {
+                        return None;
+                    }
+                    let parsed = BsonDoc::from_reader(doc.as_bytes()).ok()?;
+                    let id = Key::new(parsed.get("_id").cloned().unwrap_or(Bson::Null));
+                    Some((
+                        Pos {
+                            sort: Vec::new(),
+                            id,
+                            index: Vec::new(),
+                        },
+                        doc,
+                    ))
+                });
+        let inputs = Inputs {
+            db: self
+                .namespace
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            main: documents,
+            foreign,
+        };
+        compile_stages(current, &self.stages, &inputs, &self.stats)
+    }
+}
+
+/// The collections a pipeline reads: its own namespace's documents and `$lookup`'s.
+struct Inputs<'scope> {
+    db: String,
+    main: Documents<'scope>,
+    foreign: Vec<(String, Documents<'scope>)>,
+}
+
+impl<'scope> Inputs<'scope> {
+    fn documents_of(&self, ns: &str) -> Documents<'scope> {
+        self.foreign
+            .iter()
+            .find(|(n, _)| n == ns)
+            .map_or_else(|| self.main.clone(), |(_, d)| d.clone())
+    }
+}
+
+/// Compiles `stages` over `current`.
+fn compile_stages<'scope>(
+    mut current: PipelineCollection<'scope>,
+    stages: &Arc<Vec<Located>>,
+    inputs: &Inputs<'scope>,
+    stats: &Arc<PipelineStats>,
+) -> PipelineCollection<'scope> {
+    let mut i = 0;
+    while i < stages.len() {
+        if stages[i].stage.is_per_document() {
+            let start = i;
+            while i < stages.len() && stages[i].stage.is_per_document() {
+                i += 1;
+            }
+            current = per_document(current, Arc::clone(stages), start..i, Arc::clone(stats));
+            continue;
+        }
+        let located = stages[i].clone();
+        current = match &located.stage {
+            Stage::Sort(fields) => {
+                let fields = fields.clone();
+                // A sort followed (possibly after a skip) by a limit is a top-k; otherwise
+                // it only sets the order.
+                current.flat_map(move |(pos, doc): (Pos, Document)| {
+                    let parsed = BsonDoc::from_reader(doc.as_bytes()).ok()?;
+                    let sort = fields
+                        .iter()
+                        .map(|f| SortPart {
+                            value: Key::new(resolve(&parsed, &f.path).unwrap_or(Bson::Null)),
+                            descending: f.descending,
+                        })
+                        .collect();
+                    Some((Pos { sort, ..pos }, doc))
+                })
+            }
+            Stage::Group { .. } => group(current, located, Arc::clone(stats)),
+            Stage::Count(field) => {
+                let field = field.clone();
+                current
+                    .map(|_| ((), ()))
+                    .reduce(move |_, input, output| {
+                        let n: isize = input.iter().map(|(_, d)| *d).sum();
+                        if n > 0 {
+                            let mut d = BsonDoc::new();
+                            d.insert(
+                                field.as_str(),
+                                i32::try_from(n).map_or(Bson::Int64(n as i64), Bson::Int32),
+                            );
+                            if let Some(doc) = encode(&d) {
+                                output.push((
+                                    (
+                                        Pos {
+                                            sort: Vec::new(),
+                                            id: Key::new(Bson::Null),
+                                            index: Vec::new(),
+                                        },
+                                        doc,
+                                    ),
+                                    1,
+                                ));
+                            }
+                        }
+                    })
+                    .map(|((), row)| row)
+            }
+            Stage::Skip(n) | Stage::Limit(n) => {
+                let (n, skip) = (*n as usize, matches!(located.stage, Stage::Skip(_)));
+                current
+                    .map(|row| ((), row))
+                    .reduce(move |_, input, output| {
+                        // Input is sorted by (Pos, doc): MongoDB's order.
+                        let mut seen = 0usize;
+                        for (row, diff) in input {
+                            for _ in 0..(*diff).max(0) {
+                                let keep = if skip { seen >= n } else { seen < n };
+                                if keep {
+                                    output.push(((*row).clone(), 1));
+                                }
+                                seen += 1;
+                            }
+                        }
+                    })
+                    .map(|((), row)| row)
+            }
+            Stage::Lookup(lookup) => {
+                let ns = format!("{}.{}", inputs.db, lookup.from);
+                let foreign = inputs.documents_of(&ns);
+                lookup_join(current, foreign, ns, located.clone(), Arc::clone(stats))
+            }
+            Stage::Facet(facets) => facet(current, facets, inputs, stats),
+            _ => current,
+        };
+        i += 1;
+    }
+    current
 }
 
 fn encode(doc: &BsonDoc) -> Option<Document> {
@@ -277,46 +402,269 @@ fn per_document<'scope>(
     stats: Arc<PipelineStats>,
 ) -> PipelineCollection<'scope> {
     input.flat_map(move |(pos, doc): (Pos, Document)| {
-        let mut out = Vec::new();
         let Ok(parsed) = BsonDoc::from_reader(doc.as_bytes()) else {
-            return out;
+            return Vec::new();
         };
-        let mut docs: Vec<(Vec<u32>, BsonDoc)> = vec![(Vec::new(), parsed)];
-        for located in &stages[range.clone()] {
-            let mut next = Vec::new();
-            for (index, d) in docs {
-                match apply_stage(&located.stage, d) {
-                    Ok(results) => {
-                        let unwinds = matches!(located.stage, Stage::Unwind { .. });
-                        for (k, r) in results.into_iter().enumerate() {
-                            let mut index = index.clone();
-                            if unwinds {
-                                index.push(k as u32);
-                            }
-                            next.push((index, r));
+        run_stages(&stages[range.clone()], &pos, parsed, &stats)
+    })
+}
+
+/// Per-document stages applied to one document at `pos`: its outputs with their positions
+/// (unwound elements add their array index); a failing stage records the error and drops the
+/// document's outputs from that stage on.
+fn run_stages(
+    stages: &[Located],
+    pos: &Pos,
+    parsed: BsonDoc,
+    stats: &PipelineStats,
+) -> Vec<(Pos, Document)> {
+    let mut docs: Vec<(Vec<u32>, BsonDoc)> = vec![(Vec::new(), parsed)];
+    for located in stages {
+        let mut next = Vec::new();
+        for (index, d) in docs {
+            match apply_stage(&located.stage, d) {
+                Ok(results) => {
+                    let unwinds = matches!(located.stage, Stage::Unwind { .. });
+                    for (k, r) in results.into_iter().enumerate() {
+                        let mut index = index.clone();
+                        if unwinds {
+                            index.push(k as u32);
                         }
+                        next.push((index, r));
                     }
-                    Err(e) => stats.record(&pos.id, located, &e),
+                }
+                Err(e) => stats.record(&pos.id, located, &e),
+            }
+        }
+        docs = next;
+    }
+    let mut out = Vec::new();
+    for (index, d) in docs {
+        if let Some(doc) = encode(&d) {
+            let mut full = pos.index.clone();
+            full.extend(index);
+            out.push((
+                Pos {
+                    sort: pos.sort.clone(),
+                    id: pos.id.clone(),
+                    index: full,
+                },
+                doc,
+            ));
+        }
+    }
+    out
+}
+
+/// A join key: `(present, value)`, so that in the `let` form a missing value equals only a
+/// missing one (aggregation `$eq`), while the field form maps missing to null (query equality).
+type JoinKey = (bool, Key);
+
+/// The keys a local document joins on.
+fn local_keys(key: &LookupKey, doc: &BsonDoc) -> Result<Vec<JoinKey>, EvalError> {
+    let mut keys: Vec<JoinKey> = match key {
+        LookupKey::Fields { local, .. } => match resolve(doc, local) {
+            // An array matches by any element; an empty one, like a missing value, is null.
+            Some(Bson::Array(items)) if !items.is_empty() => {
+                items.into_iter().map(|v| (true, null_key(v))).collect()
+            }
+            Some(v) => vec![(true, null_key(v))],
+            None => vec![(true, Key::new(Bson::Null))],
+        },
+        LookupKey::Expr { local, .. } => vec![match local.eval(doc)? {
+            Some(v) => (true, Key::new(v)),
+            None => (false, Key::new(Bson::Null)),
+        }],
+    };
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
+fn null_key(v: Bson) -> Key {
+    match v {
+        Bson::Undefined => Key::new(Bson::Null),
+        Bson::Array(items) if items.is_empty() => Key::new(Bson::Null),
+        other => Key::new(other),
+    }
+}
+
+/// The keys a foreign document is found by.
+fn foreign_keys(key: &LookupKey, doc: &BsonDoc) -> Vec<JoinKey> {
+    let mut keys: Vec<JoinKey> = match key {
+        LookupKey::Fields { foreign, .. } => {
+            // Query equality: every value the path reaches (an array and each element);
+            // nothing reached matches null.
+            let reached = crate::mql::path::candidates(doc, foreign);
+            if reached.is_empty() {
+                vec![(true, Key::new(Bson::Null))]
+            } else {
+                reached
+                    .into_iter()
+                    .map(|v| {
+                        (
+                            true,
+                            Key::new(if matches!(v, Bson::Undefined) {
+                                Bson::Null
+                            } else {
+                                v
+                            }),
+                        )
+                    })
+                    .collect()
+            }
+        }
+        LookupKey::Expr { foreign, .. } => vec![match resolve(doc, foreign) {
+            Some(v) => (true, Key::new(v)),
+            None => (false, Key::new(Bson::Null)),
+        }],
+    };
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// `$lookup` as a differential join: local documents keyed by their join keys, foreign
+/// documents (after the inner per-document stages) by theirs; per local document, a reduce
+/// gathers the matched foreign documents (deduplicated, in foreign `_id` order) into the `as`
+/// array. Local documents without a match get an empty array.
+fn lookup_join<'scope>(
+    current: PipelineCollection<'scope>,
+    foreign: Documents<'scope>,
+    ns: String,
+    located: Located,
+    stats: Arc<PipelineStats>,
+) -> PipelineCollection<'scope> {
+    let Stage::Lookup(lookup) = &located.stage else {
+        return current;
+    };
+    let lookup: Arc<Lookup> = Arc::new((**lookup).clone());
+    let (l, st, loc) = (Arc::clone(&lookup), Arc::clone(&stats), located.clone());
+    let keyed = current.flat_map(move |(pos, doc): (Pos, Document)| {
+        let parsed = BsonDoc::from_reader(doc.as_bytes()).ok()?;
+        match local_keys(&l.key, &parsed) {
+            Ok(keys) => Some(((pos, doc), keys)),
+            Err(e) => {
+                st.record(&pos.id, &loc, &e);
+                None
+            }
+        }
+    });
+    let (l, st) = (Arc::clone(&lookup), Arc::clone(&stats));
+    let ns: Arc<str> = ns.into();
+    let found = foreign.flat_map(move |(key, doc): (DocKey, Document)| {
+        if key.ns() != &*ns {
+            return Vec::new();
+        }
+        let Ok(parsed) = BsonDoc::from_reader(doc.as_bytes()) else {
+            return Vec::new();
+        };
+        let keys = foreign_keys(&l.key, &parsed);
+        let pos = Pos {
+            sort: Vec::new(),
+            id: Key::new(parsed.get("_id").cloned().unwrap_or(Bson::Null)),
+            index: Vec::new(),
+        };
+        let outputs = run_stages(&l.inner, &pos, parsed, &st);
+        keys.into_iter()
+            .flat_map(|k| outputs.iter().map(move |o| (k.clone(), o.clone())))
+            .collect::<Vec<_>>()
+    });
+    type Joined = Option<(Pos, Document)>;
+    let matched = keyed
+        .clone()
+        .flat_map(|(row, keys)| keys.into_iter().map(move |k| (k, row.clone())))
+        .join(found)
+        .map(|(_, (row, f))| (row, Some(f) as Joined));
+    let parts: Vec<String> = lookup.as_field.split('.').map(str::to_string).collect();
+    keyed
+        .map(|(row, _)| (row, None as Joined))
+        .concat(matched)
+        .reduce(
+            move |(_, local), input, output: &mut Vec<(Document, isize)>| {
+                let copies: isize = input
+                    .iter()
+                    .filter(|(v, _)| v.is_none())
+                    .map(|(_, d)| *d)
+                    .sum();
+                if copies <= 0 {
+                    return;
+                }
+                let Ok(mut doc) = BsonDoc::from_reader(local.as_bytes()) else {
+                    return;
+                };
+                let joined: Vec<Bson> = input
+                    .iter()
+                    .filter(|(_, d)| *d > 0)
+                    .filter_map(|(v, _)| v.as_ref())
+                    .filter_map(|(_, f)| BsonDoc::from_reader(f.as_bytes()).ok())
+                    .map(Bson::Document)
+                    .collect();
+                let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+                crate::pipeline::apply::set_path(&mut doc, &parts, Bson::Array(joined));
+                if let Some(out) = encode(&doc) {
+                    output.push((out, copies));
+                }
+            },
+        )
+        .map(|((pos, _), doc)| (pos, doc))
+}
+
+/// `$facet`: each sub-pipeline compiled as its own branch over the same input; one reduce
+/// gathers every branch's rows (in their order) into the single output document, which is
+/// retracted and re-inserted whenever a branch changes at a time. Over no input it is
+/// `{name: [], ...}`, as in MongoDB.
+fn facet<'scope>(
+    current: PipelineCollection<'scope>,
+    facets: &[(String, Vec<Located>)],
+    inputs: &Inputs<'scope>,
+    stats: &Arc<PipelineStats>,
+) -> PipelineCollection<'scope> {
+    use timely::dataflow::operators::ToStream;
+    let nobody = Pos {
+        sort: Vec::new(),
+        id: Key::new(Bson::Null),
+        index: Vec::new(),
+    };
+    let scope = current.scope();
+    // One seed record (on one worker) so that the output exists over an empty input.
+    type Tagged = ((), (u32, Pos, Document));
+    let seed: Vec<(Tagged, ClusterTime, isize)> = match encode(&BsonDoc::new()) {
+        Some(empty) if scope.index() == 0 => vec![(
+            ((), (u32::MAX, nobody.clone(), empty)),
+            <ClusterTime as timely::progress::Timestamp>::minimum(),
+            1,
+        )],
+        _ => Vec::new(),
+    };
+    let mut all = seed.to_stream(scope).as_collection();
+    for (i, (_, sub)) in facets.iter().enumerate() {
+        let branch = compile_stages(current.clone(), &Arc::new(sub.clone()), inputs, stats);
+        let i = i as u32;
+        all = all.concat(branch.map(move |(pos, doc)| ((), (i, pos, doc))));
+    }
+    let names: Vec<String> = facets.iter().map(|(n, _)| n.clone()).collect();
+    all.reduce(move |_, input, output: &mut Vec<(Document, isize)>| {
+        let mut arrays: Vec<Vec<Bson>> = vec![Vec::new(); names.len()];
+        for ((i, _, doc), n) in input {
+            if let (Some(array), Ok(d)) = (
+                arrays.get_mut(*i as usize),
+                BsonDoc::from_reader(doc.as_bytes()),
+            ) {
+                for _ in 0..(*n).max(0) {
+                    array.push(Bson::Document(d.clone()));
                 }
             }
-            docs = next;
         }
-        for (index, d) in docs {
-            if let Some(doc) = encode(&d) {
-                let mut full = pos.index.clone();
-                full.extend(index);
-                out.push((
-                    Pos {
-                        sort: pos.sort.clone(),
-                        id: pos.id.clone(),
-                        index: full,
-                    },
-                    doc,
-                ));
-            }
+        let mut out = BsonDoc::new();
+        for (name, array) in names.iter().zip(arrays) {
+            out.insert(name.as_str(), Bson::Array(array));
         }
-        out
+        if let Some(doc) = encode(&out) {
+            output.push((doc, 1));
+        }
     })
+    .map(move |((), doc)| (nobody.clone(), doc))
 }
 
 /// One group's running state: its number of inputs and one state per accumulator.
@@ -343,12 +691,14 @@ fn group<'scope>(
         .iter()
         .map(|a| (a.name.clone(), a.op.clone()))
         .collect();
+    let empty_states: Vec<AccState> = accumulators.iter().map(AccState::for_accumulator).collect();
     // When the key and every argument are plain field paths or constants, read them straight
     // from the document's bytes (no decoding of the whole document), falling back to the full
     // evaluation when a path crosses an array.
     let simple = std::iter::once(&id)
         .chain(accumulators.iter().map(|a| &a.arg))
-        .all(|e| matches!(e, Expr::Field(_) | Expr::Literal(_)));
+        .all(|e| matches!(e, Expr::Field(_) | Expr::Literal(_)))
+        && !accumulators.iter().any(|a| a.is_ranked());
     let contributions = input.flat_map(move |(pos, doc): (Pos, Document)| {
         let evaluated = (|| -> Result<_, EvalError> {
             if simple
@@ -368,13 +718,34 @@ fn group<'scope>(
             let key = id.eval(&parsed)?.unwrap_or(Bson::Null);
             let mut args: Vec<Option<Key>> = Vec::with_capacity(accumulators.len());
             for a in &accumulators {
-                args.push(a.arg.eval(&parsed)?.map(Key::new));
+                args.push(if a.is_ranked() {
+                    // [[sort values...], output]: missing sort values sort as null, and a
+                    // missing output is null (as MongoDB returns it).
+                    let sort: Vec<Bson> = a
+                        .sort_by
+                        .iter()
+                        .map(|f| resolve(&parsed, &f.path).unwrap_or(Bson::Null))
+                        .collect();
+                    let output = a.arg.eval(&parsed)?.unwrap_or(Bson::Null);
+                    Some(Key::new(Bson::Array(vec![Bson::Array(sort), output])))
+                } else {
+                    a.arg.eval(&parsed)?.map(Key::new)
+                });
             }
             Ok((Key::new(key), args))
         })();
         match evaluated {
             Ok((key, args)) => Some((key, pos, args)),
             Err(e) => {
+                // $bucket runs as a $group over a $switch: say it as MongoDB does.
+                let e = if located.name == "$bucket" && e.operator == "$switch" {
+                    EvalError {
+                        operator: "$bucket".into(),
+                        reason: "could not find a matching branch for an input, and no default was specified".into(),
+                    }
+                } else {
+                    e
+                };
                 stats.record(&pos.id, &located, &e);
                 None
             }
@@ -407,10 +778,7 @@ fn group<'scope>(
                             let state = groups.entry(key.clone()).or_insert_with(|| GroupState {
                                 rep: key.0.clone(),
                                 count: 0,
-                                accumulators: names
-                                    .iter()
-                                    .map(|(_, op)| AccState::new(op))
-                                    .collect(),
+                                accumulators: empty_states.clone(),
                             });
                             if !before.contains_key(&key) {
                                 before.insert(key.clone(), group_output(state, &names));

@@ -20,6 +20,31 @@
 //! assert_eq!(accumulate("$push", values.iter()), bson!([3, 1.5, null]));
 //! assert_eq!(accumulate("$first", values.iter()), bson!(3));
 //! ```
+//!
+//! `$top` / `$bottom` / `$topN` / `$bottomN` keep every input ranked by `sortBy` (ties in input
+//! order), so removing the current top exposes the next one exactly:
+//!
+//! ```
+//! use bson::{bson, doc, Bson};
+//! use changeflow_operators::mql::compare::Key;
+//! use changeflow_operators::pipeline::compile::Pos;
+//! use changeflow_operators::pipeline::group::AccState;
+//! use changeflow_operators::pipeline::parse::{parse_pipeline, Stage};
+//! let stages = parse_pipeline(&[doc! { "$group": { "_id": null,
+//!     "t": { "$top": { "sortBy": { "amount": -1 }, "output": "$_id" } } } }]).unwrap();
+//! let Stage::Group { accumulators, .. } = &stages[0].stage else { unreachable!() };
+//! let mut top = AccState::for_accumulator(&accumulators[0]);
+//! let pos = |id: i32| Pos { sort: vec![], id: Key::new(bson!(id)), index: vec![] };
+//! // The group hands each input over as [[sort values], output].
+//! let input = |amount: f64, id: i32| Some(Key::new(bson!([[amount], id])));
+//! top.update(&pos(1), &input(10.0, 1), 1);
+//! top.update(&pos(2), &input(30.0, 2), 1);
+//! top.update(&pos(3), &input(20.0, 3), 1);
+//! assert_eq!(top.value("$top"), bson!(2));
+//! top.update(&pos(2), &input(30.0, 2), -1); // the top document is deleted
+//! assert_eq!(top.value("$top"), bson!(3));
+//! assert_eq!(AccState::for_accumulator(&accumulators[0]).value("$top"), Bson::Null);
+//! ```
 
 use bson::Bson;
 
@@ -111,15 +136,39 @@ pub enum AccState {
     Extremes(BTreeMap<Key, i64>),
     /// `$push` / `$addToSet` / `$first` / `$last`: values in input order (`None`: missing).
     Ordered(BTreeMap<Pos, (Option<Key>, i64)>),
+    /// `$top` / `$bottom` / `$topN` / `$bottomN`: every input's output value ordered by its
+    /// `sortBy` values (ties in input order), so removing the current top exposes the next.
+    Ranked {
+        /// The `sortBy` directions (descending?).
+        descending: Vec<bool>,
+        /// `n` (1 for `$top` / `$bottom`).
+        n: u64,
+        /// Outputs by (sort values, input position), with multiplicities.
+        values: BTreeMap<(Vec<SortPart>, Pos), (Bson, i64)>,
+    },
 }
 
 use std::collections::BTreeMap;
 
 use crate::mql::compare::Key;
 use crate::mql::number::{self, Dec, Num};
-use crate::pipeline::compile::Pos;
+use crate::pipeline::compile::{Pos, SortPart};
+use crate::pipeline::parse::Accumulator;
 
 impl AccState {
+    /// The empty state for an accumulator.
+    pub fn for_accumulator(acc: &Accumulator) -> AccState {
+        if acc.is_ranked() {
+            AccState::Ranked {
+                descending: acc.sort_by.iter().map(|f| f.descending).collect(),
+                n: acc.n.unwrap_or(1),
+                values: BTreeMap::new(),
+            }
+        } else {
+            AccState::new(&acc.op)
+        }
+    }
+
     /// The empty state for accumulator `op`.
     pub fn new(op: &str) -> AccState {
         match op {
@@ -211,6 +260,31 @@ impl AccState {
                     values.remove(pos);
                 }
             }
+            AccState::Ranked {
+                descending, values, ..
+            } => {
+                // The group hands ranked inputs over as [[sort values...], output].
+                let Some(Bson::Array(pair)) = value.as_ref().map(|k| &k.0) else {
+                    return;
+                };
+                let (Some(Bson::Array(sort)), Some(output)) = (pair.first(), pair.get(1)) else {
+                    return;
+                };
+                let sort: Vec<SortPart> = sort
+                    .iter()
+                    .zip(descending.iter())
+                    .map(|(v, d)| SortPart {
+                        value: Key::new(v.clone()),
+                        descending: *d,
+                    })
+                    .collect();
+                let slot = (sort, pos.clone());
+                let entry = values.entry(slot.clone()).or_insert((output.clone(), 0));
+                entry.1 += diff;
+                if entry.1 == 0 {
+                    values.remove(&slot);
+                }
+            }
         }
     }
 
@@ -282,6 +356,32 @@ impl AccState {
                     .map(|v| v.as_ref().map(|k| k.0.clone()));
                 let collected: Vec<Option<Bson>> = expanded.collect();
                 accumulate(op, collected.iter())
+            }
+            AccState::Ranked { n, values, .. } => {
+                // Only the first (or last) n entries are visited: O(n log group size).
+                let n = usize::try_from(*n).unwrap_or(usize::MAX);
+                let repeat =
+                    |(v, k): &(Bson, i64)| std::iter::repeat_n(v.clone(), (*k).max(0) as usize);
+                match op {
+                    "$top" => values
+                        .values()
+                        .flat_map(repeat)
+                        .next()
+                        .unwrap_or(Bson::Null),
+                    "$bottom" => values
+                        .values()
+                        .rev()
+                        .flat_map(repeat)
+                        .next()
+                        .unwrap_or(Bson::Null),
+                    "$topN" => Bson::Array(values.values().flat_map(repeat).take(n).collect()),
+                    _ => {
+                        let mut last: Vec<Bson> =
+                            values.values().rev().flat_map(repeat).take(n).collect();
+                        last.reverse();
+                        Bson::Array(last)
+                    }
+                }
             }
         }
     }

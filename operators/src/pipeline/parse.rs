@@ -88,6 +88,9 @@ pub const STAGES: &[&str] = &[
     "$group",
     "$count",
     "$sortByCount",
+    "$bucket",
+    "$lookup",
+    "$facet",
     "$sort",
     "$limit",
     "$skip",
@@ -114,9 +117,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("$currentOp", "it reads server metadata, not documents"),
     ("$listSessions", "it reads server metadata, not documents"),
     ("$planCacheStats", "it reads server metadata, not documents"),
-    ("$lookup", "not yet implemented in changeflow"),
-    ("$facet", "not yet implemented in changeflow"),
-    ("$bucket", "not yet implemented in changeflow"),
     ("$bucketAuto", "not yet implemented in changeflow"),
     ("$graphLookup", "not yet implemented in changeflow"),
     ("$unionWith", "not yet implemented in changeflow"),
@@ -144,10 +144,34 @@ pub enum Projection {
 pub struct Accumulator {
     /// Output field.
     pub name: String,
-    /// `$sum`, `$avg`, `$min`, `$max`, `$count`, `$push`, `$addToSet`, `$first`, `$last`.
+    /// `$sum`, `$avg`, `$min`, `$max`, `$count`, `$push`, `$addToSet`, `$first`, `$last`,
+    /// `$top`, `$bottom`, `$topN`, `$bottomN`.
     pub op: String,
-    /// Its argument.
+    /// Its argument (the `output` of `$top` / `$bottom` / `$topN` / `$bottomN`).
     pub arg: Expr,
+    /// The `sortBy` of `$top` / `$bottom` / `$topN` / `$bottomN` (empty for the others).
+    pub sort_by: Vec<SortField>,
+    /// The `n` of `$topN` / `$bottomN`.
+    pub n: Option<u64>,
+}
+
+impl Accumulator {
+    /// A plain accumulator (no `sortBy`, no `n`).
+    pub fn plain(name: &str, op: &str, arg: Expr) -> Self {
+        Accumulator {
+            name: name.into(),
+            op: op.into(),
+            arg,
+            sort_by: Vec::new(),
+            n: None,
+        }
+    }
+
+    /// Whether the accumulator ranks its inputs by `sortBy` (`$top`, `$bottom`, `$topN`,
+    /// `$bottomN`).
+    pub fn is_ranked(&self) -> bool {
+        matches!(self.op.as_str(), "$top" | "$bottom" | "$topN" | "$bottomN")
+    }
 }
 
 /// The accumulators changeflow supports.
@@ -161,6 +185,10 @@ pub const ACCUMULATORS: &[&str] = &[
     "$addToSet",
     "$first",
     "$last",
+    "$top",
+    "$bottom",
+    "$topN",
+    "$bottomN",
 ];
 
 /// One direction of a sort.
@@ -212,6 +240,47 @@ pub enum Stage {
     Limit(u64),
     /// `$skip`.
     Skip(u64),
+    /// `$lookup`: an incremental join with another namespace's documents.
+    Lookup(Box<Lookup>),
+    /// `$facet`: named sub-pipelines over the same input, one output document.
+    Facet(Vec<(String, Vec<Located>)>),
+}
+
+/// How a `$lookup` matches a local document with foreign documents.
+#[derive(Clone, Debug)]
+pub enum LookupKey {
+    /// `localField` / `foreignField`: query equality, so an array on either side matches by any
+    /// element, and a missing or null local value matches foreign documents whose field is null
+    /// or missing.
+    Fields {
+        /// `localField`.
+        local: String,
+        /// `foreignField`.
+        foreign: String,
+    },
+    /// `let` + `pipeline: [{$match: {$expr: {$eq: ["$$var", "$field"]}}}, ...]`: aggregation
+    /// equality of the variable's value and the foreign field's (whole values; missing equals
+    /// only missing).
+    Expr {
+        /// The variable's expression, evaluated on the local document.
+        local: Expr,
+        /// The foreign field's path.
+        foreign: String,
+    },
+}
+
+/// A parsed `$lookup`.
+#[derive(Clone, Debug)]
+pub struct Lookup {
+    /// The foreign collection (same database as the view's namespace).
+    pub from: String,
+    /// The output array field (a dotted path sets a nested field).
+    pub as_field: String,
+    /// How documents are matched.
+    pub key: LookupKey,
+    /// Per-document stages applied to each matched foreign document (the rest of the inner
+    /// pipeline after its equality `$match`).
+    pub inner: Vec<Located>,
 }
 
 impl Stage {
@@ -226,6 +295,25 @@ impl Stage {
                 | Stage::Unwind { .. }
         )
     }
+}
+
+/// The foreign collections a pipeline's `$lookup` stages read (including inside `$facet`).
+pub fn lookup_collections(stages: &[Located]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for located in stages {
+        match &located.stage {
+            Stage::Lookup(lookup) => out.push(lookup.from.clone()),
+            Stage::Facet(facets) => {
+                for (_, sub) in facets {
+                    out.extend(lookup_collections(sub));
+                }
+            }
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Parses a pipeline given as Extended JSON text (an array of stages).
@@ -376,29 +464,50 @@ pub fn parse_pipeline(stages: &[Document]) -> Result<Vec<Located>, PipelineError
                     .as_document()
                     .ok_or_else(|| bad("expects a document"))?;
                 let id = d.get("_id").ok_or_else(|| bad("a group needs an _id"))?;
-                let mut accumulators = Vec::new();
-                for (field, acc) in d.iter().filter(|(k, _)| k.as_str() != "_id") {
-                    let acc = acc.as_document().filter(|a| a.len() == 1).ok_or_else(|| {
-                        bad(&format!("{field} must be {{accumulator: expression}}"))
-                    })?;
-                    let (acc_name, arg) =
-                        acc.iter().next().ok_or_else(|| bad("empty accumulator"))?;
-                    if !ACCUMULATORS.contains(&acc_name.as_str()) {
-                        return Err(op(ParseError::UnknownOperator {
-                            name: acc_name.clone(),
-                            nearest: nearest(acc_name, ACCUMULATORS),
-                        }));
-                    }
-                    accumulators.push(Accumulator {
-                        name: field.clone(),
-                        op: acc_name.clone(),
-                        arg: Expr::parse(arg).map_err(op)?,
-                    });
-                }
+                let accumulators =
+                    parse_accumulators(d.iter().filter(|(k, _)| k.as_str() != "_id"), &bad, &op)?;
                 vec![Stage::Group {
                     id: Expr::parse(id).map_err(op)?,
                     accumulators,
                 }]
+            }
+            "$bucket" => {
+                let d = spec
+                    .as_document()
+                    .ok_or_else(|| bad("expects a document"))?;
+                parse_bucket(d, &bad, &op)?
+            }
+            "$lookup" => {
+                let d = spec
+                    .as_document()
+                    .ok_or_else(|| bad("expects a document"))?;
+                vec![Stage::Lookup(Box::new(parse_lookup(d, &bad)?))]
+            }
+            "$facet" => {
+                let d = spec
+                    .as_document()
+                    .filter(|d| !d.is_empty())
+                    .ok_or_else(|| bad("expects {name: [stages...]}"))?;
+                let mut facets = Vec::new();
+                for (facet, sub) in d {
+                    if facet.is_empty() || facet.starts_with('$') || facet.contains('.') {
+                        return Err(bad(&format!("{facet:?} is not a valid output field name")));
+                    }
+                    let sub = sub_pipeline(sub).ok_or_else(|| {
+                        bad(&format!("{facet} must be an array of stage documents"))
+                    })?;
+                    let parsed =
+                        parse_pipeline(&sub).map_err(|e| nested(position, name, facet, e))?;
+                    if let Some(inner) = parsed.iter().find(|l| matches!(l.stage, Stage::Facet(_)))
+                    {
+                        return Err(bad(&format!(
+                            "{facet}: stage {} ($facet) cannot be used inside $facet",
+                            inner.position
+                        )));
+                    }
+                    facets.push((facet.clone(), parsed));
+                }
+                vec![Stage::Facet(facets)]
             }
             "$count" => {
                 let field = spec
@@ -413,11 +522,11 @@ pub fn parse_pipeline(stages: &[Document]) -> Result<Vec<Located>, PipelineError
             "$sortByCount" => vec![
                 Stage::Group {
                     id: Expr::parse(spec).map_err(op)?,
-                    accumulators: vec![Accumulator {
-                        name: "count".into(),
-                        op: "$sum".into(),
-                        arg: Expr::Literal(Bson::Int32(1)),
-                    }],
+                    accumulators: vec![Accumulator::plain(
+                        "count",
+                        "$sum",
+                        Expr::Literal(Bson::Int32(1)),
+                    )],
                 },
                 Stage::Sort(vec![SortField {
                     path: "count".into(),
@@ -429,21 +538,9 @@ pub fn parse_pipeline(stages: &[Document]) -> Result<Vec<Located>, PipelineError
                     .as_document()
                     .filter(|d| !d.is_empty())
                     .ok_or_else(|| bad("expects {field: 1 or -1}"))?;
-                let fields = d
-                    .iter()
-                    .map(|(path, dir)| match Key::new(dir.clone()) {
-                        k if k == Key::new(Bson::Int32(1)) => Ok(SortField {
-                            path: path.clone(),
-                            descending: false,
-                        }),
-                        k if k == Key::new(Bson::Int32(-1)) => Ok(SortField {
-                            path: path.clone(),
-                            descending: true,
-                        }),
-                        _ => Err(bad("directions are 1 or -1")),
-                    })
-                    .collect::<Result<_, _>>()?;
-                vec![Stage::Sort(fields)]
+                vec![Stage::Sort(
+                    parse_sort(d).ok_or_else(|| bad("directions are 1 or -1"))?,
+                )]
             }
             "$limit" | "$skip" => {
                 let n = crate::mql::number::Num::of(spec)
@@ -472,6 +569,377 @@ pub fn parse_pipeline(stages: &[Document]) -> Result<Vec<Located>, PipelineError
         }));
     }
     Ok(out)
+}
+
+/// An inner pipeline as stage documents.
+fn sub_pipeline(value: &Bson) -> Option<Vec<Document>> {
+    value
+        .as_array()?
+        .iter()
+        .map(|s| s.as_document().cloned())
+        .collect()
+}
+
+/// An error of an inner pipeline, reported at the outer stage's position.
+fn nested(position: usize, name: &str, part: &str, error: PipelineError) -> PipelineError {
+    PipelineError::BadStage {
+        position,
+        name: name.into(),
+        reason: format!("{part}: {error}"),
+    }
+}
+
+/// Whether `value` mentions `$$var` (or `$$var.path`) for one of `vars`.
+fn mentions_variable(value: &Bson, vars: &[&str]) -> Option<String> {
+    match value {
+        Bson::String(s) => s.strip_prefix("$$").and_then(|rest| {
+            let name = rest.split('.').next().unwrap_or(rest);
+            vars.contains(&name).then(|| name.to_string())
+        }),
+        Bson::Document(d) => d.values().find_map(|v| mentions_variable(v, vars)),
+        Bson::Array(items) => items.iter().find_map(|v| mentions_variable(v, vars)),
+        _ => None,
+    }
+}
+
+/// `$lookup`: the `localField` / `foreignField` form (optionally with a per-document
+/// `pipeline`), or the `let` / `pipeline` form whose first stage is
+/// `{$match: {$expr: {$eq: ["$$var", "$field"]}}}`.
+fn parse_lookup(
+    d: &Document,
+    bad: &dyn Fn(&str) -> PipelineError,
+) -> Result<Lookup, PipelineError> {
+    if let Some(k) = d.keys().find(|k| {
+        ![
+            "from",
+            "localField",
+            "foreignField",
+            "let",
+            "pipeline",
+            "as",
+        ]
+        .contains(&k.as_str())
+    }) {
+        return Err(bad(&format!("unknown option {k}")));
+    }
+    let from = match d.get("from") {
+        Some(Bson::String(s)) if !s.is_empty() => s.clone(),
+        Some(Bson::Document(_)) => {
+            return Err(bad(
+                "from: {db, coll} (another database) is not supported; name a collection of the view's database",
+            ));
+        }
+        _ => return Err(bad("needs from: a collection name")),
+    };
+    let as_field = d
+        .get_str("as")
+        .ok()
+        .filter(|a| !a.is_empty() && !a.starts_with('$'))
+        .ok_or_else(|| bad("needs as: an output field name"))?
+        .to_string();
+    let vars: Vec<(String, Bson)> = match d.get("let") {
+        None => Vec::new(),
+        Some(Bson::Document(l)) => l.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Some(_) => return Err(bad("let must be a document")),
+    };
+    let var_names: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
+    let pipeline = match d.get("pipeline") {
+        None => Vec::new(),
+        Some(p) => {
+            sub_pipeline(p).ok_or_else(|| bad("pipeline must be an array of stage documents"))?
+        }
+    };
+    let inner_stages = |docs: &[Document], offset: usize| -> Result<Vec<Located>, PipelineError> {
+        if let Some(var) = docs
+            .iter()
+            .find_map(|s| mentions_variable(&Bson::Document(s.clone()), &var_names))
+        {
+            return Err(bad(&format!(
+                "pipeline: $${var} may only be used in the first stage's $expr equality (joined documents are transformed independently of the local document)"
+            )));
+        }
+        let parsed = parse_pipeline(docs).map_err(|e| bad(&format!("pipeline: {e}")))?;
+        if let Some(s) = parsed.iter().find(|l| !l.stage.is_per_document()) {
+            return Err(bad(&format!(
+                "pipeline: stage {} ({}) is not supported after the join; only per-document stages ($match $project $addFields $set $unset $replaceRoot $replaceWith $unwind) are",
+                s.position + offset,
+                s.name
+            )));
+        }
+        Ok(parsed
+            .into_iter()
+            .map(|l| Located {
+                position: l.position + offset,
+                ..l
+            })
+            .collect())
+    };
+    let key = match (d.get_str("localField"), d.get_str("foreignField")) {
+        (Ok(local), Ok(foreign)) => {
+            let inner = inner_stages(&pipeline, 0)?;
+            return Ok(Lookup {
+                from,
+                as_field,
+                key: LookupKey::Fields {
+                    local: local.into(),
+                    foreign: foreign.into(),
+                },
+                inner,
+            });
+        }
+        (Ok(_), Err(_)) | (Err(_), Ok(_)) => {
+            return Err(bad("localField and foreignField go together"));
+        }
+        (Err(_), Err(_)) => {
+            let refusal = "the pipeline form needs let and a first stage {$match: {$expr: {$eq: [\"$$var\", \"$foreignField\"]}}} (an uncorrelated or non-equality $lookup is not supported)";
+            let first = pipeline.first().ok_or_else(|| bad(refusal))?;
+            let eq = first
+                .get_document("$match")
+                .ok()
+                .filter(|m| m.len() == 1)
+                .and_then(|m| m.get_document("$expr").ok())
+                .filter(|e| e.len() == 1)
+                .and_then(|e| e.get_array("$eq").ok())
+                .filter(|a| a.len() == 2)
+                .ok_or_else(|| bad(refusal))?;
+            let (var, field) = match (&eq[0], &eq[1]) {
+                (Bson::String(a), Bson::String(b))
+                    if a.starts_with("$$") && b.starts_with('$') && !b.starts_with("$$") =>
+                {
+                    (a, b)
+                }
+                (Bson::String(b), Bson::String(a))
+                    if a.starts_with("$$") && b.starts_with('$') && !b.starts_with("$$") =>
+                {
+                    (a, b)
+                }
+                _ => return Err(bad(refusal)),
+            };
+            let var = &var[2..];
+            let (var_name, var_path) = match var.split_once('.') {
+                Some((n, p)) => (n, Some(p)),
+                None => (var, None),
+            };
+            let value = vars
+                .iter()
+                .find(|(k, _)| k == var_name)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| bad(&format!("pipeline: $${var_name} is not defined in let")))?;
+            let mut local =
+                Expr::parse(&value).map_err(|e| bad(&format!("let {var_name}: {e}")))?;
+            if let Some(path) = var_path {
+                // "$$v.a.b": the variable's value, then the path.
+                local = Expr::parse(&bson::bson!({ "$let": { "vars": { "cfLookupValue": value.clone() }, "in": format!("$$cfLookupValue.{path}") } }))
+                    .map_err(|e| bad(&format!("let {var_name}: {e}")))?;
+            }
+            LookupKey::Expr {
+                local,
+                foreign: field[1..].to_string(),
+            }
+        }
+    };
+    let inner = inner_stages(&pipeline[1..], 1)?;
+    Ok(Lookup {
+        from,
+        as_field,
+        key,
+        inner,
+    })
+}
+
+/// The accumulators of a `$group` (or a `$bucket`'s `output`).
+fn parse_accumulators<'a>(
+    fields: impl Iterator<Item = (&'a String, &'a Bson)>,
+    bad: &dyn Fn(&str) -> PipelineError,
+    op: &dyn Fn(ParseError) -> PipelineError,
+) -> Result<Vec<Accumulator>, PipelineError> {
+    let mut accumulators = Vec::new();
+    for (field, acc) in fields {
+        let acc = acc
+            .as_document()
+            .filter(|a| a.len() == 1)
+            .ok_or_else(|| bad(&format!("{field} must be {{accumulator: expression}}")))?;
+        let (acc_name, arg) = acc.iter().next().ok_or_else(|| bad("empty accumulator"))?;
+        if !ACCUMULATORS.contains(&acc_name.as_str()) {
+            return Err(op(ParseError::UnknownOperator {
+                name: acc_name.clone(),
+                nearest: nearest(acc_name, ACCUMULATORS),
+            }));
+        }
+        accumulators.push(
+            if matches!(acc_name.as_str(), "$top" | "$bottom" | "$topN" | "$bottomN") {
+                parse_ranked(field, acc_name, arg).map_err(|e| match e {
+                    Ok(reason) => bad(&reason),
+                    Err(source) => op(source),
+                })?
+            } else {
+                Accumulator::plain(field, acc_name, Expr::parse(arg).map_err(op)?)
+            },
+        );
+    }
+    Ok(accumulators)
+}
+
+/// The variable a `$bucket`'s key expression binds its `groupBy` value to.
+const BUCKET_VALUE: &str = "cfBucketValue";
+
+/// `$bucket` is MongoDB's own rewrite: a `$group` whose `_id` is the lower boundary of the
+/// value's bucket (a `$switch` over the boundaries, `default` otherwise), then a `$sort` on
+/// `_id`. A value in no bucket without `default` fails the `$switch` at run time.
+fn parse_bucket(
+    d: &Document,
+    bad: &dyn Fn(&str) -> PipelineError,
+    op: &dyn Fn(ParseError) -> PipelineError,
+) -> Result<Vec<Stage>, PipelineError> {
+    if let Some(k) = d
+        .keys()
+        .find(|k| !["groupBy", "boundaries", "default", "output"].contains(&k.as_str()))
+    {
+        return Err(bad(&format!("unknown option {k}")));
+    }
+    let group_by = d.get("groupBy").ok_or_else(|| bad("needs groupBy"))?;
+    if !matches!(group_by, Bson::String(s) if s.starts_with('$'))
+        && !matches!(group_by, Bson::Document(g) if g.keys().next().is_some_and(|k| k.starts_with('$')))
+    {
+        return Err(bad(
+            "groupBy must be a $-prefixed path or an expression object",
+        ));
+    }
+    let boundaries = d
+        .get_array("boundaries")
+        .map_err(|_| bad("needs boundaries: an array"))?;
+    if boundaries.len() < 2 {
+        return Err(bad("boundaries needs at least two values"));
+    }
+    let rank = |v: &Bson| crate::mql::compare::type_rank(v);
+    if boundaries.iter().any(|b| rank(b) != rank(&boundaries[0])) {
+        return Err(bad("all boundaries must be of the same type"));
+    }
+    if boundaries
+        .windows(2)
+        .any(|w| crate::mql::compare::compare(&w[0], &w[1]).is_ge())
+    {
+        return Err(bad(
+            "boundaries must be sorted in ascending order, without duplicates",
+        ));
+    }
+    let default = d.get("default");
+    if let Some(default) = default
+        && rank(default) == rank(&boundaries[0])
+        && crate::mql::compare::compare(default, &boundaries[0]).is_ge()
+        && crate::mql::compare::compare(default, &boundaries[boundaries.len() - 1]).is_lt()
+    {
+        return Err(bad(
+            "default must be less than the lowest boundary or at least the highest",
+        ));
+    }
+    let value = Bson::String(format!("$${BUCKET_VALUE}"));
+    let branches: Vec<Bson> = boundaries
+        .windows(2)
+        .map(|w| {
+            let literal = |b: &Bson| bson::bson!({ "$literal": b.clone() });
+            bson::bson!({
+                "case": { "$and": [
+                    { "$gte": [value.clone(), literal(&w[0])] },
+                    { "$lt": [value.clone(), literal(&w[1])] },
+                ] },
+                "then": literal(&w[0]),
+            })
+        })
+        .collect();
+    let mut switch = bson::doc! { "branches": branches };
+    if let Some(default) = default {
+        switch.insert("default", bson::bson!({ "$literal": default.clone() }));
+    }
+    let key = bson::bson!({ "$let": {
+        "vars": { BUCKET_VALUE: group_by.clone() },
+        "in": { "$switch": switch },
+    } });
+    let accumulators = match d.get("output") {
+        None => vec![Accumulator::plain(
+            "count",
+            "$sum",
+            Expr::Literal(Bson::Int32(1)),
+        )],
+        Some(Bson::Document(output)) => parse_accumulators(output.iter(), bad, op)?,
+        Some(_) => return Err(bad("output must be a document of accumulators")),
+    };
+    Ok(vec![
+        Stage::Group {
+            id: Expr::parse(&key).map_err(op)?,
+            accumulators,
+        },
+        Stage::Sort(vec![SortField {
+            path: "_id".into(),
+            descending: false,
+        }]),
+    ])
+}
+
+/// A sort specification `{path: 1 or -1, ...}`; `None` if a direction is neither.
+fn parse_sort(d: &Document) -> Option<Vec<SortField>> {
+    d.iter()
+        .map(|(path, dir)| match Key::new(dir.clone()) {
+            k if k == Key::new(Bson::Int32(1)) => Some(SortField {
+                path: path.clone(),
+                descending: false,
+            }),
+            k if k == Key::new(Bson::Int32(-1)) => Some(SortField {
+                path: path.clone(),
+                descending: true,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `{$top | $bottom: {sortBy, output}}`, `{$topN | $bottomN: {n, sortBy, output}}`:
+/// `Err(Ok(reason))` for a bad specification, `Err(Err(e))` for a bad expression.
+fn parse_ranked(
+    field: &str,
+    op: &str,
+    spec: &Bson,
+) -> Result<Accumulator, Result<String, ParseError>> {
+    let with_n = op.ends_with('N');
+    let d = spec
+        .as_document()
+        .ok_or_else(|| Ok(format!("{op} expects a document")))?;
+    let allowed: &[&str] = if with_n {
+        &["n", "sortBy", "output"]
+    } else {
+        &["sortBy", "output"]
+    };
+    if let Some(k) = d.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(Ok(format!("{op}: unknown option {k}")));
+    }
+    let sort_by = d
+        .get_document("sortBy")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .and_then(parse_sort)
+        .ok_or_else(|| Ok(format!("{op} needs sortBy: {{field: 1 or -1}}")))?;
+    let output = d
+        .get("output")
+        .ok_or_else(|| Ok(format!("{op} needs an output")))?;
+    let n = if with_n {
+        let n = d
+            .get("n")
+            .and_then(crate::mql::number::Num::of)
+            .and_then(|n| n.to_dec())
+            .and_then(crate::mql::number::Dec::to_i64)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Ok(format!("{op}: n must be a positive integer constant")))?;
+        Some(n as u64)
+    } else {
+        None
+    };
+    Ok(Accumulator {
+        name: field.into(),
+        op: op.into(),
+        arg: Expr::parse(output).map_err(Err)?,
+        sort_by,
+        n,
+    })
 }
 
 /// `Err(Ok(reason))` for a bad projection, `Err(Err(e))` for a bad expression.

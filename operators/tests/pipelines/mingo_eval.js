@@ -46,9 +46,22 @@ function toEjson(v) {
 
 const spec = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
 const datasets = spec.datasets.map(fromEjson);
+// $lookup's from: a collection name of run.collections, replaced by that dataset's documents.
+function withCollections(value, names) {
+  if (Array.isArray(value)) return value.map((v) => withCollections(v, names));
+  if (value === null || typeof value !== "object" || value instanceof Date) return value;
+  const out = {};
+  for (const k of Object.keys(value)) out[k] = withCollections(value[k], names);
+  const lookup = out.$lookup;
+  if (lookup && typeof lookup.from === "string" && names[lookup.from] !== undefined) {
+    lookup.from = datasets[Number(names[lookup.from].$numberInt ?? names[lookup.from])];
+  }
+  return out;
+}
+
 const out = spec.runs.map((run) => {
   try {
-    const pipeline = fromEjson(run.pipeline);
+    const pipeline = withCollections(fromEjson(run.pipeline), run.collections || {});
     const docs = datasets[Number(run.dataset.$numberInt ?? run.dataset)];
     return toEjson(new Aggregator(pipeline).run(docs));
   } catch (e) {

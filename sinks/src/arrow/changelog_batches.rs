@@ -85,10 +85,10 @@ pub fn split_time(times: &UInt64Array) -> StructArray {
 /// The batches of a document collection's changes at `time` (as
 /// [`on_closed_times`](changeflow_operators::handle::on_closed_times) gives them) through a
 /// changelog `batcher`: one row per change, its `_diff` the multiplicity.
-pub fn document_changes(
+pub fn document_changes<K>(
     batcher: &mut DocumentBatcher,
     time: ClusterTime,
-    changes: &[((DocKey, Document), isize)],
+    changes: &[((K, Document), isize)],
 ) -> Result<Vec<RecordBatch>, SinkError> {
     for ((_, doc), diff) in changes {
         batcher.push_change(doc.as_bytes(), time, *diff as i64);
