@@ -93,3 +93,31 @@ fn real_deployment_refuses_a_pipeline_touching_the_token() {
     let r = run(o);
     assert!(r.status.error().unwrap().contains("resume token"));
 }
+
+#[test]
+fn real_deployment_initial_snapshot_reads_the_collection_at_one_time() {
+    let Some(uri) = uri() else { return };
+    let (_, name) = write_some(&uri);
+    let mut o = LiveOptions::new(&uri, WatchTarget::collection("changeflow_it", &name));
+    o.initial_snapshot = Some(changeflow_sources::live::snapshot::SnapshotOptions {
+        parallelism: 4,
+        batch_size: 4,
+        ..Default::default()
+    });
+    o.idle_timeout = Some(std::time::Duration::from_secs(2));
+    let r = run(o);
+    assert!(r.status.error().is_none(), "{:?}", r.status.error());
+    let snapshot: Vec<_> = r
+        .events
+        .iter()
+        .filter(|e| changeflow_core::synthetic::origin(e) == Some("snapshot"))
+        .collect();
+    assert_eq!(snapshot.len(), 19, "20 inserted, 1 deleted");
+    assert!(
+        snapshot
+            .windows(2)
+            .all(|w| w[0].cluster_time() == w[1].cluster_time())
+    );
+    let progress = r.status.snapshot_progress().expect("progress");
+    assert!(progress.done && progress.scanned == 19, "{progress}");
+}
