@@ -35,6 +35,9 @@ struct Args {
     /// Longest life of a child before it is killed, in milliseconds
     #[arg(long, default_value_t = 1500)]
     max_life_ms: u64,
+    /// First start from a consistent snapshot of a collection that already holds data
+    #[arg(long)]
+    initial_snapshot: bool,
     /// Working directory [default: target/changeflow/crash_trials]
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         }),
         checkpoint_ms: args.checkpoint_ms,
         max_life: Duration::from_millis(args.max_life_ms),
+        initial_snapshot: args.initial_snapshot,
     };
     let started = std::time::Instant::now();
     match run(&options) {

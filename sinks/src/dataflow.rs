@@ -23,8 +23,9 @@
 //! A sink made with [`ArrowSink::checkpointed`] is a participant of the pipeline's
 //! [`Checkpoints`]: before it writes a time at or after a checkpoint candidate `F` it closes its
 //! output at `F` (`BatchWriter::checkpoint`) and acks. On a restart it first removes what was
-//! written after the restored checkpoint (`BatchWriter::recover`) and then drops every time
-//! before that checkpoint's frontier, which is already committed.
+//! written after the restored checkpoint (`BatchWriter::recover`; on a first start, everything
+//! of its file stem: nothing was committed) and then drops every time before that checkpoint's
+//! frontier, which is already committed. Its output directory belongs to the pipeline.
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -111,11 +112,12 @@ impl ArrowSink {
         let Some((checkpoints, name)) = self.checkpoints.as_ref().filter(|_| leader) else {
             return shared;
         };
+        // Whatever is not named by the restored checkpoint (everything, on a first start) was
+        // never committed: it goes, and is written again from the stream.
         let result = checkpoints.participant(name).and_then(|p| {
-            if let Some(restored) = p.restored()
-                && let Ok(mut w) = writer.lock()
-            {
-                w.recover(restored.position)?;
+            let position = p.restored().map_or(0, |r| r.position);
+            if let Ok(mut w) = writer.lock() {
+                w.recover(position)?;
             }
             Ok(p)
         });

@@ -24,7 +24,7 @@
 //! * **The persisted state equals the oracle**: the state directory, loaded as a restart would,
 //!   holds exactly the reference model's documents.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,6 +53,9 @@ pub struct TrialOptions {
     pub checkpoint_ms: u64,
     /// The longest a child runs before it is killed.
     pub max_life: Duration,
+    /// Start from a consistent snapshot of a collection that already holds the first trial's
+    /// share of the workload (else from the workload's first cluster time).
+    pub initial_snapshot: bool,
 }
 
 /// What the trials did and found.
@@ -136,7 +139,11 @@ pub fn run(options: &TrialOptions) -> Result<TrialReport, String> {
             ])
             .arg("--state-dir")
             .arg(&state_dir)
-            .args(["--start-at", &start_at])
+            .args(if options.initial_snapshot {
+                vec!["--initial-snapshot".to_string()]
+            } else {
+                vec!["--start-at".to_string(), start_at.clone()]
+            })
             .args(["--checkpoint-ms", &options.checkpoint_ms.to_string()])
             .args(["--roll-rows", "400"])
             // Small, so that bases are compacted (and crashed into) during the trials.
@@ -159,8 +166,23 @@ pub fn run(options: &TrialOptions) -> Result<TrialReport, String> {
         ..TrialReport::default()
     };
     let mut rng = Rng(options.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let share = events.len().div_ceil(options.trials.max(1));
-    let mut pending = events.iter();
+    let share = events.len().div_ceil(options.trials.max(1) + 1);
+    // The server only ever holds whole transactions: a MongoDB snapshot never sees part of one
+    // (its writes become visible at its commit), but the test server's versions follow its log
+    // entry by entry, and the bank workload has transactions over several entries.
+    let mut pending = transactions_whole(&events);
+    let push = |units: Vec<Vec<&bson::Document>>| -> Result<(), String> {
+        for event in units.into_iter().flatten() {
+            server
+                .push(event.clone())
+                .map_err(|e| format!("push: {}", e.0))?;
+        }
+        Ok(())
+    };
+    if options.initial_snapshot {
+        // The collection already holds data when the pipeline first starts.
+        push(take_events(&mut pending, share))?;
+    }
     let committed = || -> Result<u64, String> {
         Ok(Manifest::read(&state_dir)
             .map_err(|e| e.to_string())?
@@ -174,16 +196,16 @@ pub fn run(options: &TrialOptions) -> Result<TrialReport, String> {
         let life =
             Duration::from_millis(50 + rng.below(options.max_life.as_millis().max(51) as u64 - 50));
         let begun = Instant::now();
-        let chunk: Vec<&bson::Document> = pending.by_ref().take(share).collect();
-        // Spread over 80 % of the child's life, 16 events at a time: kills land mid-batch.
-        let steps = chunk.len().div_ceil(16).max(1) as u32;
+        let mut chunk = take_events(&mut pending, share).into();
+        // Spread over 80 % of the child's life, about 16 events at a time: kills land mid-batch.
+        let steps = share.div_ceil(16).max(1) as u32;
         let pause = life.mul_f64(0.8) / steps;
-        for group in chunk.chunks(16) {
-            for event in group {
-                server
-                    .push((*event).clone())
-                    .map_err(|e| format!("push: {}", e.0))?;
+        loop {
+            let group = take_events(&mut chunk, 16);
+            if group.is_empty() {
+                break;
             }
+            push(group)?;
             std::thread::sleep(pause);
         }
         if let Some(rest) = life.checked_sub(begun.elapsed()) {
@@ -210,11 +232,7 @@ pub fn run(options: &TrialOptions) -> Result<TrialReport, String> {
             report.advanced += 1;
         }
     }
-    for event in pending {
-        server
-            .push(event.clone())
-            .map_err(|e| format!("push: {}", e.0))?;
-    }
+    push(pending.into())?;
 
     // The last run catches up and is stopped gracefully.
     let mut child = spawn(None, 2)?;
@@ -275,6 +293,42 @@ pub fn run(options: &TrialOptions) -> Result<TrialReport, String> {
     Ok(report)
 }
 
+/// The events in units that are pushed whole: a transaction (its run of events with one
+/// `lsid` + `txnNumber`) or a single plain event.
+fn transactions_whole(events: &[bson::Document]) -> VecDeque<Vec<&bson::Document>> {
+    let txn = |e: &bson::Document| {
+        e.get("txnNumber")
+            .map(|n| (e.get("lsid").cloned(), n.clone()))
+    };
+    let mut units: VecDeque<Vec<&bson::Document>> = VecDeque::new();
+    for event in events {
+        match units.back_mut() {
+            Some(last)
+                if txn(event).is_some() && last.last().and_then(|l| txn(l)) == txn(event) =>
+            {
+                last.push(event)
+            }
+            _ => units.push_back(vec![event]),
+        }
+    }
+    units
+}
+
+/// Whole units from the front of `units` until they hold at least `n` events.
+fn take_events<'a>(
+    units: &mut VecDeque<Vec<&'a bson::Document>>,
+    n: usize,
+) -> Vec<Vec<&'a bson::Document>> {
+    let mut taken = Vec::new();
+    let mut count = 0;
+    while count < n {
+        let Some(unit) = units.pop_front() else { break };
+        count += unit.len();
+        taken.push(unit);
+    }
+    taken
+}
+
 fn read_stderr(child: &mut Child) -> String {
     use std::io::Read;
     let mut text = String::new();
@@ -285,7 +339,7 @@ fn read_stderr(child: &mut Child) -> String {
 }
 
 /// One committed row: account, balance, diff.
-type Row = (i64, i64, i64);
+pub type Row = (i64, i64, i64);
 
 fn int_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<i64>>, String> {
     let column = batch
@@ -309,8 +363,10 @@ fn int_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<i64>>, Strin
     }
 }
 
-/// Reads every committed changelog file: rows by time, and which file each time is in.
-fn read_changelog(dir: &Path) -> Result<(BTreeMap<u64, Vec<Row>>, usize), String> {
+/// Reads every committed changelog file of `follow` over the bank workload: `(account,
+/// balance, diff)` rows by time, and the number of files. A change `(time, account, sign)` found
+/// twice is an error.
+pub fn read_changelog(dir: &Path) -> Result<(BTreeMap<u64, Vec<Row>>, usize), String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
         .flatten()

@@ -14,8 +14,10 @@
 //!   at F' and acks; the manifest (F', K', positions) is then written atomically
 //! ```
 //!
-//! A first start needs a definite start (`--start-at`), so that a crash before the first
-//! checkpoint restarts from the same place. SIGTERM or Ctrl-C ends the input: the last
+//! A first start needs a definite start (`--start-at`) or an initial snapshot
+//! (`--initial-snapshot`), so that a crash before the first checkpoint restarts from the same
+//! place (or takes a new snapshot). `--on-history-lost resnapshot` re-reads the collection when
+//! the stream's history is gone and emits the difference with the restored state at one time. SIGTERM or Ctrl-C ends the input: the last
 //! checkpoint covers everything read and the process exits 0.
 
 use std::path::{Path, PathBuf};
@@ -31,6 +33,7 @@ use changeflow_sinks::checkpoint::{CheckpointStats, Checkpoints, state};
 use changeflow_sinks::dataflow::ArrowSink;
 use changeflow_sinks::parquet::{ParquetOptions, ParquetWriter};
 use changeflow_sinks::writer::RollPolicy;
+use changeflow_sources::live::snapshot::{HistoryLostPolicy, SnapshotFallback, SnapshotOptions};
 use changeflow_sources::live::{LiveOptions, StartAt, WatchTarget, watch};
 use changeflow_sources::memory;
 use timely::dataflow::operators::Concat;
@@ -98,11 +101,12 @@ pub fn run(options: &FollowOptions) -> Result<FollowReport, JobError> {
     let checkpoints = Checkpoints::open(&options.state_dir, options.interval, status.clone())?;
     match checkpoints.resume_point() {
         Some((frontier, token)) => live.resume_from_checkpoint(frontier, token),
-        None if live.start == StartAt::Now => {
+        None if live.start == StartAt::Now && !live.takes_initial_snapshot() => {
             return Err(SinkError::Checkpoint {
                 path: options.state_dir.clone(),
-                reason: "a first start needs a definite start point (--start-at): a crash \
-                         before the first checkpoint must restart from the same place"
+                reason: "a first start needs a definite start point (--start-at) or an initial \
+                         snapshot (--initial-snapshot): a crash before the first checkpoint must \
+                         restart from the same place"
                     .into(),
             }
             .into());
@@ -132,11 +136,22 @@ pub fn run(options: &FollowOptions) -> Result<FollowReport, JobError> {
     let watcher_done = Arc::new(AtomicBool::new(false));
     {
         let (stopper, done) = (stopper.clone(), watcher_done.clone());
+        let progress_status = status.clone();
+        let mut progress_printed = Instant::now();
         std::thread::spawn(move || {
             while !done.load(Ordering::SeqCst) {
                 if signalled.load(Ordering::SeqCst) {
                     stopper.stop();
                     return;
+                }
+                // A long initial snapshot (or re-snapshot) says how far it got, once a second.
+                if progress_printed.elapsed() >= Duration::from_secs(1) {
+                    progress_printed = Instant::now();
+                    if let Some(progress) = progress_status.snapshot_progress()
+                        && !progress.done
+                    {
+                        eprintln!("{progress}");
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -242,8 +257,22 @@ pub struct Args {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// First start at this cluster time, `T` or `T.I` (ignored on a restart)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "initial_snapshot")]
     pub start_at: Option<String>,
+    /// First start with a consistent snapshot of the collection (read at one cluster time in
+    /// parallel `_id` ranges), then the stream from that time (ignored on a restart)
+    #[arg(long)]
+    pub initial_snapshot: bool,
+    /// `_id` ranges read at once by a snapshot
+    #[arg(long, default_value_t = 4)]
+    pub snapshot_parallelism: usize,
+    /// On a server without snapshot reads: `majority` (reads reconciled with the stream) or `fail`
+    #[arg(long, default_value = "majority")]
+    pub snapshot_fallback: String,
+    /// When the stream's history is gone (code 286): `fail` (the default) or `resnapshot` (read
+    /// the collection again and emit the difference at one time)
+    #[arg(long, default_value = "fail")]
+    pub on_history_lost: String,
     /// Milliseconds between checkpoints
     #[arg(long, default_value_t = 1000)]
     pub checkpoint_ms: u64,
@@ -279,6 +308,29 @@ pub fn main_with(args: Args) -> std::process::ExitCode {
             }
         }
     }
+    if args.initial_snapshot {
+        let fallback = match args.snapshot_fallback.as_str() {
+            "majority" => SnapshotFallback::Majority,
+            "fail" => SnapshotFallback::Fail,
+            other => {
+                eprintln!("error: --snapshot-fallback {other:?} is not majority or fail");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        live.initial_snapshot = Some(SnapshotOptions {
+            parallelism: args.snapshot_parallelism.max(1),
+            fallback,
+            ..SnapshotOptions::default()
+        });
+    }
+    live.on_history_lost = match args.on_history_lost.as_str() {
+        "fail" => HistoryLostPolicy::Fail,
+        "resnapshot" => HistoryLostPolicy::Resnapshot,
+        other => {
+            eprintln!("error: --on-history-lost {other:?} is not fail or resnapshot");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     live.idle_timeout = args.idle_timeout.map(Duration::from_secs_f64);
     live.max_await_time = Some(Duration::from_millis(200));
     let options = FollowOptions {
