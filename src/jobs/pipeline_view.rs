@@ -49,6 +49,7 @@ use changeflow_sinks::ipc::{IpcFormat, IpcWriter};
 use changeflow_sinks::parquet::{ParquetOptions, ParquetWriter};
 use changeflow_sinks::writer::RollPolicy;
 use changeflow_sources::error::SourceError;
+use changeflow_sources::live::snapshot::SnapshotOptions;
 use changeflow_sources::live::{self, LiveOptions, WatchTarget};
 use changeflow_sources::reader::ReaderOptions;
 use changeflow_sources::replay::{ReplayOptions, replay};
@@ -229,7 +230,12 @@ pub fn run(options: &ViewOptions, out: &mut (dyn Write + Send)) -> Result<ViewRe
         } else {
             WatchTarget::Database(db.into())
         };
+        let snapshot = matches!(target, WatchTarget::Collection { .. });
         let mut live = LiveOptions::new(uri, target);
+        // The view starts from the collection as it is (a consistent snapshot), then follows.
+        if snapshot {
+            live.initial_snapshot = Some(SnapshotOptions::default());
+        }
         live.max_events = options.max_events;
         live.idle_timeout = options.idle_timeout;
         live

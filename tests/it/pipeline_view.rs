@@ -11,7 +11,8 @@ use changeflow_testkit::customers::{CustomersConfig, customer_events};
 use changeflow_testkit::reference::ReferenceModel;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::support::{oracle, scratch};
+use crate::support::{lines, oracle, scratch};
+use changeflow_testkit::orders::OrdersConfig;
 
 fn docs(report: &changeflow::jobs::pipeline_view::ViewReport) -> Vec<bson::Document> {
     report
@@ -260,16 +261,36 @@ fn uri_without_the_live_feature_is_the_typed_live_not_built_error() {
         "shop.orders",
         r#"[{"$count": "n"}]"#,
     );
-    options.uri = Some("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=200".into());
-    options.max_events = Some(1);
-    options.idle_timeout = Some(std::time::Duration::from_millis(300));
+    options.idle_timeout = Some(std::time::Duration::from_millis(500));
     options.print_changes = false;
-    let result = run(&options, &mut Vec::new());
     if changeflow_sources::live::AVAILABLE {
-        // `cargo test --workspace` builds the live source (features unify): then the URI is
-        // tried, and nothing listens there.
-        assert!(result.is_err());
+        // `cargo test --workspace` builds the live source (features unify): then `--uri` reads
+        // the collection (a consistent snapshot) and follows it; the count is the oracle's.
+        let server = changeflow_testkit::server::ChangeStreamServer::start().expect("server");
+        let config = OrdersConfig {
+            seed: 12,
+            events: 800,
+            ..OrdersConfig::default()
+        };
+        server.push_workload(config.clone()).expect("push");
+        let mut model = ReferenceModel::new();
+        for line in lines(config) {
+            model.apply_json_line(&line).expect("oracle");
+        }
+        options.uri = Some(server.uri());
+        let report = run(&options, &mut Vec::new()).expect("the live view runs");
+        let n = model.documents().len() as i64;
+        assert_eq!(report.result.len(), 1);
+        assert_eq!(
+            report.result[0]
+                .get("n")
+                .expect("n")
+                .and_then(|e| e.as_i64()),
+            Some(n)
+        );
     } else {
+        options.uri = Some("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=200".into());
+        let result = run(&options, &mut Vec::new());
         assert!(
             matches!(
                 result,
