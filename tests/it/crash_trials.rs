@@ -86,9 +86,9 @@ fn catch_up_and_stop(
     time: ClusterTime,
 ) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !Manifest::read(state)
+    while Manifest::read(state)
         .expect("manifest")
-        .is_some_and(|m| m.frontier > time)
+        .is_none_or(|m| m.frontier <= time)
     {
         if let Some(status) = child.try_wait().expect("wait") {
             let mut err = String::new();
