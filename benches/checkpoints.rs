@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench checkpoints                          # 1M events, 1M-document restart
 //! cargo bench --bench checkpoints -- --events 200000 --restart-docs 200000 --runs 1
+//! cargo bench --bench checkpoints -- --restart-only          # the restart figure alone
 //! ```
 //!
 //! Every variant runs the same dataflow over the same file (generated once into
@@ -183,7 +184,8 @@ fn main() {
         .and_then(|e| e.parse().ok())
         .unwrap_or(1_000_000);
     let runs: usize = arg("--runs").and_then(|r| r.parse().ok()).unwrap_or(3);
-    let input = orders_file(events);
+    let restart_only = std::env::args().any(|a| a == "--restart-only");
+    let input = orders_file(if restart_only { 1 } else { events });
     let work = bench_dir().join("checkpoints-work");
     let variants: [(&str, Option<Duration>); 4] = [
         ("none", None),
@@ -192,7 +194,7 @@ fn main() {
         ("every 100 ms", Some(Duration::from_millis(100))),
     ];
     let mut best = vec![(f64::MAX, 0u64, 0u64); variants.len()];
-    for _ in 0..runs.max(1) {
+    for _ in 0..if restart_only { 0 } else { runs.max(1) } {
         // Interleaved, so that machine noise hits every variant alike.
         for (k, (_, interval)) in variants.iter().enumerate() {
             let result = run(&input, &work, *interval);
@@ -201,9 +203,13 @@ fn main() {
             }
         }
     }
-    println!("checkpoint cost, {events} order events, best of {runs}:");
+    if !restart_only {
+        println!("checkpoint cost, {events} order events, best of {runs}:");
+    }
     let base = best[0].0;
-    for ((name, _), (seconds, committed, bytes)) in variants.iter().zip(&best) {
+    for ((name, _), (seconds, committed, bytes)) in
+        variants.iter().zip(&best).filter(|_| !restart_only)
+    {
         println!(
             "  {name:<13} {:>10.0} events/s  {:.2}x of none  {committed:>4} checkpoints  state {:.1} MB",
             events as f64 / seconds,
@@ -213,7 +219,9 @@ fn main() {
     }
     let inserts = inserts_file(restart_docs);
     let restart_work = bench_dir().join("checkpoints-restart");
-    run(&inserts, &restart_work, Some(Duration::from_secs(3600)));
+    if !restart_only || !restart_work.join("state").join("manifest.json").exists() {
+        run(&inserts, &restart_work, Some(Duration::from_secs(3600)));
+    }
     let (loaded, rebuilt, n) = restart(&restart_work);
     println!(
         "restart with {n} documents: load {loaded:.2} s + rebuild document state {rebuilt:.2} s = {:.2} s",

@@ -23,5 +23,5 @@ pub mod update;
 pub mod value;
 pub mod views;
 
-mod fxhash;
+pub mod fxhash;
 mod stash;

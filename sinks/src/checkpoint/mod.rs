@@ -213,11 +213,19 @@ impl Checkpoints {
         let spawned = std::thread::Builder::new()
             .name("changeflow-checkpoints".into())
             .spawn(move || {
+                // Polls often, asks once `interval` has passed since the last request and no
+                // candidate is in flight: checkpoints come every interval plus their own
+                // latency, not every two intervals.
+                let poll = interval.min(std::time::Duration::from_millis(20));
+                let mut asked = Instant::now();
                 loop {
-                    std::thread::sleep(interval);
+                    std::thread::sleep(poll);
                     let Some(inner) = weak.upgrade() else { return };
                     if inner.stop.load(Ordering::SeqCst) {
                         return;
+                    }
+                    if asked.elapsed() < interval {
+                        continue;
                     }
                     let last = inner
                         .coordinator
@@ -226,6 +234,7 @@ impl Checkpoints {
                         .and_then(|c| c.last.as_ref().map(|m| m.frontier));
                     if inner.source.checkpoint_candidates(last).is_empty() {
                         inner.source.request_checkpoint();
+                        asked = Instant::now();
                     }
                 }
             });
