@@ -20,7 +20,7 @@
 //! the stream's history is gone and emits the difference with the restored state at one time. SIGTERM or Ctrl-C ends the input: the last
 //! checkpoint covers everything read and the process exits 0.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -372,9 +372,4 @@ pub fn main_with(args: Args) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// The changelog directory `follow` uses by default for a state directory.
-pub fn default_out(state_dir: &Path) -> PathBuf {
-    state_dir.join("changelog")
 }
