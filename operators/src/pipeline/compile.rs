@@ -29,7 +29,6 @@ use std::sync::{Arc, Mutex};
 
 use bson::{Bson, Document as BsonDoc};
 use changeflow_core::{ClusterTime, Document};
-use std::collections::HashMap;
 
 use differential_dataflow::VecCollection;
 use differential_dataflow::collection::AsCollection;
@@ -38,6 +37,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
 use crate::documents::{DocKey, Documents};
+use crate::fxhash::FxHashMap;
 use crate::mql::compare::Key;
 use crate::mql::expr::{EvalError, Expr};
 use crate::mql::path::resolve;
@@ -251,8 +251,14 @@ impl PipelineView {
                     if key.ns() != &*ns {
                         return None;
                     }
-                    let parsed = BsonDoc::from_reader(doc.as_bytes()).ok()?;
-                    let id = Key::new(parsed.get("_id").cloned().unwrap_or(Bson::Null));
+                    // Only `_id` is needed here: read it from the bytes, not the whole document.
+                    let raw = bson::RawDocument::from_bytes(doc.as_bytes()).ok()?;
+                    let id = match raw.get("_id") {
+                        Ok(Some(value)) => Bson::try_from(value).ok()?,
+                        Ok(None) => Bson::Null,
+                        Err(_) => return None,
+                    };
+                    let id = Key::new(id);
                     Some((
                         Pos {
                             sort: Vec::new(),
@@ -674,6 +680,8 @@ struct GroupState {
     rep: Bson,
     count: i64,
     accumulators: Vec<AccState>,
+    /// The output last emitted for this group (what a change retracts).
+    emitted: Option<Document>,
 }
 
 /// `$group`: arguments evaluated per document, routed by group key to the worker that keeps
@@ -760,8 +768,8 @@ fn group<'scope>(
             "PipelineGroup",
             move |_, _| {
                 let mut stash: TimeStash<(Input, isize)> = TimeStash::new();
-                let mut groups: HashMap<Key, GroupState> = HashMap::new();
-                let mut before: HashMap<Key, Option<Document>> = HashMap::new();
+                let mut groups: FxHashMap<Key, GroupState> = FxHashMap::default();
+                let mut before: FxHashMap<Key, Option<Document>> = FxHashMap::default();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         stash.stash(&cap, 0, data.drain(..).map(|(d, t, r)| (t, (d, r))));
@@ -775,13 +783,17 @@ fn group<'scope>(
                         while let Some((_, ((key, pos, args), diff))) =
                             records.next_if(|(t, _)| *t == time)
                         {
-                            let state = groups.entry(key.clone()).or_insert_with(|| GroupState {
-                                rep: key.0.clone(),
-                                count: 0,
-                                accumulators: empty_states.clone(),
-                            });
+                            let state = match groups.get_mut(&key) {
+                                Some(state) => state,
+                                None => groups.entry(key.clone()).or_insert_with(|| GroupState {
+                                    rep: key.0.clone(),
+                                    count: 0,
+                                    accumulators: empty_states.clone(),
+                                    emitted: None,
+                                }),
+                            };
                             if !before.contains_key(&key) {
-                                before.insert(key.clone(), group_output(state, &names));
+                                before.insert(key, state.emitted.clone());
                             }
                             state.count += diff as i64;
                             for (acc, value) in state.accumulators.iter_mut().zip(&args) {
@@ -789,10 +801,17 @@ fn group<'scope>(
                             }
                         }
                         for (key, old) in before.drain() {
-                            let new = groups.get(&key).and_then(|g| group_output(g, &names));
-                            if groups.get(&key).is_some_and(|g| g.count <= 0) {
-                                groups.remove(&key);
-                            }
+                            let new = match groups.get_mut(&key) {
+                                Some(g) if g.count > 0 => {
+                                    g.emitted = group_output(g, &names);
+                                    g.emitted.clone()
+                                }
+                                Some(_) => {
+                                    groups.remove(&key);
+                                    None
+                                }
+                                None => None,
+                            };
                             if old == new {
                                 continue;
                             }
