@@ -24,6 +24,8 @@
 //! | flat, 249 B | 781–1122 MB/s, 3.1–4.5 M rows/s | 330–614 MB/s, 1.3–2.5 M rows/s | 0.42–0.55 |
 //! | nested, 22 KB | 453–635 MB/s, 20–29 k rows/s | 167–291 MB/s, 7.6–13 k rows/s | 0.37–0.46 |
 
+changeflow::global_allocator!();
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -19,6 +19,8 @@
 //! size. Then the restart: a state of `--restart-docs` documents (written by a checkpointed run
 //! over that many inserts) loaded from disk and rebuilt as the dataflow's document state.
 
+changeflow::global_allocator!();
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

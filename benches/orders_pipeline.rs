@@ -17,6 +17,8 @@
 //! bench re-executes itself with `--phase`), so peak RSS is per phase. Figures are events/s
 //! (best of `--runs`), the ratio changeflow / baseline, and peak RSS.
 
+changeflow::global_allocator!();
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter};
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo bench --bench pipelines                       # 1M events, best of 3
 //! cargo bench --bench pipelines -- --events 200000 --runs 5
+//! cargo bench --bench pipelines -- --only "pipeline V1"   # one variant (and the baseline)
 //! ```
 //!
 //! Events are generated (the orders workload) and decoded once, then each variant runs its own
@@ -21,6 +22,8 @@
 //! * **document state only**: the common part, for reference.
 //!
 //! Reported: events/s (best of `--runs`) and each pipeline's ratio to the hand-written V1.
+
+changeflow::global_allocator!();
 
 use std::time::Instant;
 
@@ -124,9 +127,17 @@ fn main() {
             ),
         ),
     ];
+    // `--only TEXT`: the variants whose name contains TEXT (plus the hand-written baseline).
+    let only = arg("--only");
     println!("{events} events in memory, one worker, best of {runs} runs");
     let mut baseline = None;
     for (name, variant) in variants {
+        if only
+            .as_ref()
+            .is_some_and(|o| !name.contains(o.as_str()) && !matches!(variant, Variant::HandWritten))
+        {
+            continue;
+        }
         let input = if name.contains("$lookup") {
             &with_customers
         } else {

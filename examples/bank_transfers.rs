@@ -8,6 +8,8 @@
 //!
 //! See `changeflow::jobs::bank_transfers` for the pipeline.
 
+changeflow::global_allocator!();
+
 use clap::Parser;
 
 #[derive(Parser)]

@@ -9,6 +9,8 @@
 //!
 //! The child is this same executable, re-run with `follow …` as its arguments.
 
+changeflow::global_allocator!();
+
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Duration;

@@ -16,6 +16,8 @@
 //!   mongodb driver ──▶ live::watch ──▶ document_state ──▶ V1 (per region) ──▶ ViewHandle ──▶ stdout
 //! ```
 
+changeflow::global_allocator!();
+
 use std::time::{Duration, Instant};
 
 use changeflow::jobs::orders_by_region::v1_definition;

@@ -7,6 +7,8 @@
 //!
 //! See `changeflow::jobs::orders_by_region` for the pipeline.
 
+changeflow::global_allocator!();
+
 use clap::Parser;
 
 #[derive(Parser)]

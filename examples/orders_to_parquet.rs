@@ -8,6 +8,8 @@
 //! See `changeflow::jobs::orders_to_parquet` for the pipeline; it prints DuckDB queries over the
 //! files it wrote.
 
+changeflow::global_allocator!();
+
 use clap::Parser;
 
 #[derive(Parser)]

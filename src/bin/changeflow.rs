@@ -1,5 +1,7 @@
 //! The `changeflow` command: run a job, or generate change-event files.
 
+changeflow::global_allocator!();
+
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::PathBuf;
