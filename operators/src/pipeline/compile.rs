@@ -244,30 +244,6 @@ impl PipelineView {
         foreign: Vec<(String, Documents<'scope>)>,
     ) -> PipelineCollection<'scope> {
         let ns: Arc<str> = self.namespace.as_str().into();
-        let current: PipelineCollection<'scope> =
-            documents
-                .clone()
-                .flat_map(move |(key, doc): (DocKey, Document)| {
-                    if key.ns() != &*ns {
-                        return None;
-                    }
-                    // Only `_id` is needed here: read it from the bytes, not the whole document.
-                    let raw = bson::RawDocument::from_bytes(doc.as_bytes()).ok()?;
-                    let id = match raw.get("_id") {
-                        Ok(Some(value)) => Bson::try_from(value).ok()?,
-                        Ok(None) => Bson::Null,
-                        Err(_) => return None,
-                    };
-                    let id = Key::new(id);
-                    Some((
-                        Pos {
-                            sort: Vec::new(),
-                            id,
-                            index: Vec::new(),
-                        },
-                        doc,
-                    ))
-                });
         let inputs = Inputs {
             db: self
                 .namespace
@@ -275,11 +251,47 @@ impl PipelineView {
                 .next()
                 .unwrap_or_default()
                 .to_string(),
-            main: documents,
+            main: documents.clone(),
             foreign,
         };
-        compile_stages(current, &self.stages, &inputs, &self.stats)
+        // A pipeline that starts with `$group` reads the documents straight into the group's
+        // contributions: one operator less, and no `(Pos, doc)` record per document.
+        if let Some(first) = self.stages.first()
+            && matches!(first.stage, Stage::Group { .. })
+        {
+            let grouped = group(
+                GroupInput::Documents(documents, ns),
+                first.clone(),
+                Arc::clone(&self.stats),
+            );
+            return compile_stages(grouped, &self.stages, 1, &inputs, &self.stats);
+        }
+        let current: PipelineCollection<'scope> =
+            documents.flat_map(move |(key, doc): (DocKey, Document)| entry(&ns, &key, doc));
+        compile_stages(current, &self.stages, 0, &inputs, &self.stats)
     }
+}
+
+/// A document of namespace `ns` as a pipeline record at its `_id`'s position.
+fn entry(ns: &str, key: &DocKey, doc: Document) -> Option<(Pos, Document)> {
+    if key.ns() != ns {
+        return None;
+    }
+    // Only `_id` is needed here: read it from the bytes, not the whole document.
+    let raw = bson::RawDocument::from_bytes(doc.as_bytes()).ok()?;
+    let id = match raw.get("_id") {
+        Ok(Some(value)) => Bson::try_from(value).ok()?,
+        Ok(None) => Bson::Null,
+        Err(_) => return None,
+    };
+    Some((
+        Pos {
+            sort: Vec::new(),
+            id: Key::new(id),
+            index: Vec::new(),
+        },
+        doc,
+    ))
 }
 
 /// The collections a pipeline reads: its own namespace's documents and `$lookup`'s.
@@ -302,10 +314,11 @@ impl<'scope> Inputs<'scope> {
 fn compile_stages<'scope>(
     mut current: PipelineCollection<'scope>,
     stages: &Arc<Vec<Located>>,
+    start: usize,
     inputs: &Inputs<'scope>,
     stats: &Arc<PipelineStats>,
 ) -> PipelineCollection<'scope> {
-    let mut i = 0;
+    let mut i = start;
     while i < stages.len() {
         if stages[i].stage.is_per_document() {
             let start = i;
@@ -333,7 +346,7 @@ fn compile_stages<'scope>(
                     Some((Pos { sort, ..pos }, doc))
                 })
             }
-            Stage::Group { .. } => group(current, located, Arc::clone(stats)),
+            Stage::Group { .. } => group(GroupInput::Rows(current), located, Arc::clone(stats)),
             Stage::Count(field) => {
                 let field = field.clone();
                 current
@@ -645,7 +658,7 @@ fn facet<'scope>(
     };
     let mut all = seed.to_stream(scope).as_collection();
     for (i, (_, sub)) in facets.iter().enumerate() {
-        let branch = compile_stages(current.clone(), &Arc::new(sub.clone()), inputs, stats);
+        let branch = compile_stages(current.clone(), &Arc::new(sub.clone()), 0, inputs, stats);
         let i = i as u32;
         all = all.concat(branch.map(move |(pos, doc)| ((), (i, pos, doc))));
     }
@@ -673,6 +686,28 @@ fn facet<'scope>(
     .map(move |((), doc)| (nobody.clone(), doc))
 }
 
+/// What a `$group` reads: the records of the stages before it, or (when it is the first stage)
+/// a namespace's documents directly.
+enum GroupInput<'scope> {
+    Rows(PipelineCollection<'scope>),
+    Documents(Documents<'scope>, Arc<str>),
+}
+
+impl<'scope> GroupInput<'scope> {
+    fn into_rows(self) -> PipelineCollection<'scope> {
+        match self {
+            GroupInput::Rows(rows) => rows,
+            GroupInput::Documents(documents, ns) => {
+                documents.flat_map(move |(key, doc): (DocKey, Document)| entry(&ns, &key, doc))
+            }
+        }
+    }
+}
+
+/// A `$group` input: its group key, its position when an accumulator needs it, and each
+/// accumulator's argument.
+type Input = (Key, Option<Box<Pos>>, Vec<Option<Key>>);
+
 /// One group's running state: its number of inputs and one state per accumulator.
 struct GroupState {
     /// The group key as first seen: equal keys of other types (`2`, `2.0`) join this group,
@@ -688,12 +723,12 @@ struct GroupState {
 /// that group's running accumulators; at each closed time a changed group emits its old output
 /// (retracted) and its new one.
 fn group<'scope>(
-    input: PipelineCollection<'scope>,
+    input: GroupInput<'scope>,
     located: Located,
     stats: Arc<PipelineStats>,
 ) -> PipelineCollection<'scope> {
     let Stage::Group { id, accumulators } = located.stage.clone() else {
-        return input;
+        return input.into_rows();
     };
     let names: Vec<(String, String)> = accumulators
         .iter()
@@ -707,7 +742,12 @@ fn group<'scope>(
         .chain(accumulators.iter().map(|a| &a.arg))
         .all(|e| matches!(e, Expr::Field(_) | Expr::Literal(_)))
         && !accumulators.iter().any(|a| a.is_ranked());
-    let contributions = input.flat_map(move |(pos, doc): (Pos, Document)| {
+    // Only the order-dependent accumulators ($first, $push, $top, ...) read an input's
+    // position: the others are sent without it (records a third the size).
+    let positioned = empty_states
+        .iter()
+        .any(|s| matches!(s, AccState::Ordered(_) | AccState::Ranked { .. }));
+    let contribute = move |pos: Pos, doc: Document| -> Option<Input> {
         let evaluated = (|| -> Result<_, EvalError> {
             if simple
                 && let Some(values) = std::iter::once(&id)
@@ -743,7 +783,7 @@ fn group<'scope>(
             Ok((Key::new(key), args))
         })();
         match evaluated {
-            Ok((key, args)) => Some((key, pos, args)),
+            Ok((key, args)) => Some((key, positioned.then(|| Box::new(pos)), args)),
             Err(e) => {
                 // $bucket runs as a $group over a $switch: say it as MongoDB does.
                 let e = if located.name == "$bucket" && e.operator == "$switch" {
@@ -758,9 +798,23 @@ fn group<'scope>(
                 None
             }
         }
-    });
-    type Input = (Key, Pos, Vec<Option<Key>>);
+    };
+    let contributions = match input {
+        GroupInput::Rows(rows) => rows.flat_map(move |(pos, doc)| contribute(pos, doc)),
+        GroupInput::Documents(documents, ns) => {
+            documents.flat_map(move |(key, doc): (DocKey, Document)| {
+                let (pos, doc) = entry(&ns, &key, doc)?;
+                contribute(pos, doc)
+            })
+        }
+    };
     type Contribution = (Input, ClusterTime, isize);
+    // Inputs without a position (see `positioned`) are all at this one.
+    let no_pos = Pos {
+        sort: Vec::new(),
+        id: Key::new(Bson::Null),
+        index: Vec::new(),
+    };
     contributions
         .inner
         .unary_frontier(
@@ -796,8 +850,9 @@ fn group<'scope>(
                                 before.insert(key, state.emitted.clone());
                             }
                             state.count += diff as i64;
+                            let pos = pos.as_deref().unwrap_or(&no_pos);
                             for (acc, value) in state.accumulators.iter_mut().zip(&args) {
-                                acc.update(&pos, value, diff as i64);
+                                acc.update(pos, value, diff as i64);
                             }
                         }
                         for (key, old) in before.drain() {
@@ -838,6 +893,23 @@ fn group<'scope>(
 fn group_output(state: &GroupState, names: &[(String, String)]) -> Option<Document> {
     if state.count <= 0 {
         return None;
+    }
+    // Written straight as BSON bytes (no intermediate document); a name or value the raw
+    // writer refuses takes the general route below, which reports nothing either way.
+    let raw = (|| -> Option<Document> {
+        let mut out = bson::RawDocumentBuf::new();
+        out.append(
+            bson::raw::cstr!("_id"),
+            bson::RawBson::try_from(state.rep.clone()).ok()?,
+        );
+        for ((name, op), acc) in names.iter().zip(&state.accumulators) {
+            let name: &bson::raw::CStr = name.as_str().try_into().ok()?;
+            out.append(name, bson::RawBson::try_from(acc.value(op)).ok()?);
+        }
+        Some(Document::from_trusted(out.into_bytes()))
+    })();
+    if raw.is_some() {
+        return raw;
     }
     let mut out = BsonDoc::new();
     out.insert("_id", state.rep.clone());
