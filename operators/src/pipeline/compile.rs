@@ -749,15 +749,14 @@ fn group<'scope>(
         .any(|s| matches!(s, AccState::Ordered(_) | AccState::Ranked { .. }));
     let contribute = move |pos: Pos, doc: Document| -> Option<Input> {
         let evaluated = (|| -> Result<_, EvalError> {
-            if simple
-                && let Some(values) = std::iter::once(&id)
-                    .chain(accumulators.iter().map(|a| &a.arg))
-                    .map(|e| raw_eval(e, doc.as_bytes()))
-                    .collect::<Option<Vec<Option<Bson>>>>()
-            {
-                let mut values = values.into_iter();
-                let key = values.next().flatten().unwrap_or(Bson::Null);
-                return Ok((Key::new(key), values.map(|v| v.map(Key::new)).collect()));
+            if simple && let Some(key) = raw_eval(&id, doc.as_bytes()) {
+                let args: Option<Vec<Option<Key>>> = accumulators
+                    .iter()
+                    .map(|a| raw_eval(&a.arg, doc.as_bytes()).map(|v| v.map(Key::new)))
+                    .collect();
+                if let Some(args) = args {
+                    return Ok((Key::new(key.unwrap_or(Bson::Null)), args));
+                }
             }
             let parsed = BsonDoc::from_reader(doc.as_bytes()).map_err(|e| EvalError {
                 operator: "$group".into(),
@@ -846,9 +845,7 @@ fn group<'scope>(
                                     emitted: None,
                                 }),
                             };
-                            if !before.contains_key(&key) {
-                                before.insert(key, state.emitted.clone());
-                            }
+                            before.entry(key).or_insert_with(|| state.emitted.clone());
                             state.count += diff as i64;
                             let pos = pos.as_deref().unwrap_or(&no_pos);
                             for (acc, value) in state.accumulators.iter_mut().zip(&args) {
