@@ -1,15 +1,24 @@
 //! Compiling a parsed pipeline into differential operators over a namespace's document state.
 //!
 //! ```text
-//!   Documents ──filter ns, decode──▶ (Pos, doc)
+//!   Documents ──filter ns, read _id──▶ (Pos, doc)
 //!      │  per-document stages ($match $project $addFields $unset $replaceRoot $unwind):
 //!      │    one flat_map per run of them; a change of one document changes only its outputs
 //!      │  $sort: sets each record's Pos (the order downstream stages and readers see)
-//!      │  $group: map to (group key, (Pos, argument values)) ──▶ reduce per key
+//!      │  $group: map to (group key, [Pos,] argument values) ──exchange by key──▶ running
+//!      │    accumulators per group; at each closed time a changed group retracts its last
+//!      │    output and emits its new one
 //!      │  $count, $skip, $limit: reduce over the whole collection, in Pos order
 //!      ▼
 //!   View: Collection<(Pos, doc)>    read in Pos order = MongoDB's output order
 //! ```
+//!
+//! What keeps `$group` close to a hand-written group-by (`cargo bench --bench pipelines`):
+//! a pipeline that starts with `$group` reads the documents directly (no `(Pos, doc)` records);
+//! field-path keys and arguments are read from the document's bytes without decoding it; an
+//! input carries its position only when an order-dependent accumulator (`$first`, `$push`,
+//! `$top`, ...) needs it; each group keeps the output it last emitted, so a change retracts it
+//! without rebuilding it; outputs are written straight as BSON bytes.
 //!
 //! Every record carries a [`Pos`]: the values of the last `$sort` (with directions), then the
 //! source document's `_id` (or the group's `_id` after a `$group`), then array positions of
