@@ -275,8 +275,7 @@ impl PipelineView {
             );
             return compile_stages(grouped, &self.stages, 1, &inputs, &self.stats);
         }
-        let current: PipelineCollection<'scope> =
-            documents.flat_map(move |(key, doc): (DocKey, Document)| entry(&ns, &key, doc));
+        let current = GroupInput::Documents(documents, ns).into_rows();
         compile_stages(current, &self.stages, 0, &inputs, &self.stats)
     }
 }
@@ -696,7 +695,7 @@ fn facet<'scope>(
 }
 
 /// What a `$group` reads: the records of the stages before it, or (when it is the first stage)
-/// a namespace's documents directly.
+/// a namespace's documents directly. `into_rows` is the pipeline's entry step for the others.
 enum GroupInput<'scope> {
     Rows(PipelineCollection<'scope>),
     Documents(Documents<'scope>, Arc<str>),
@@ -900,29 +899,18 @@ fn group_output(state: &GroupState, names: &[(String, String)]) -> Option<Docume
     if state.count <= 0 {
         return None;
     }
-    // Written straight as BSON bytes (no intermediate document); a name or value the raw
-    // writer refuses takes the general route below, which reports nothing either way.
-    let raw = (|| -> Option<Document> {
-        let mut out = bson::RawDocumentBuf::new();
-        out.append(
-            bson::raw::cstr!("_id"),
-            bson::RawBson::try_from(state.rep.clone()).ok()?,
-        );
-        for ((name, op), acc) in names.iter().zip(&state.accumulators) {
-            let name: &bson::raw::CStr = name.as_str().try_into().ok()?;
-            out.append(name, bson::RawBson::try_from(acc.value(op)).ok()?);
-        }
-        Some(Document::from_trusted(out.into_bytes()))
-    })();
-    if raw.is_some() {
-        return raw;
-    }
-    let mut out = BsonDoc::new();
-    out.insert("_id", state.rep.clone());
+    // Written straight as BSON bytes (no intermediate document, no re-validation). The writer
+    // refuses only what `bson::Document::to_vec` refuses too (a NUL in a field name).
+    let mut out = bson::RawDocumentBuf::new();
+    out.append(
+        bson::raw::cstr!("_id"),
+        bson::RawBson::try_from(state.rep.clone()).ok()?,
+    );
     for ((name, op), acc) in names.iter().zip(&state.accumulators) {
-        out.insert(name.as_str(), acc.value(op));
+        let name: &bson::raw::CStr = name.as_str().try_into().ok()?;
+        out.append(name, bson::RawBson::try_from(acc.value(op)).ok()?);
     }
-    encode(&out)
+    Some(Document::from_trusted(out.into_bytes()))
 }
 
 /// A constant or a field path evaluated on raw BSON: `Some(value or missing)`, or `None` when

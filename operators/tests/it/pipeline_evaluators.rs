@@ -424,7 +424,15 @@ fn evaluate(evaluator: Evaluator, datasets: &[Vec<BsonDoc>], runs: &[Run]) -> Op
             })
         }).collect::<Vec<_>>(),
     };
-    let path = std::env::temp_dir().join(format!("cf-{evaluator:?}-{}.json", std::process::id()));
+    // One file per call: the tests of this binary run in parallel threads of one process, and a
+    // name made of the process id alone let one test's spec overwrite another's (a flaky
+    // index out of bounds when the evaluator answered the other test's runs).
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!(
+        "cf-{evaluator:?}-{}-{call}.json",
+        std::process::id()
+    ));
     std::fs::write(&path, changeflow_testkit::extjson::to_json(&spec, true)).expect("write spec");
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pipelines");
     let output = match evaluator {
