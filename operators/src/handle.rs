@@ -17,7 +17,8 @@
 //! The operator stashes by time (one capability at the least stashed time) and runs the
 //! callback when the input frontier passes a time; it emits nothing downstream.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::hash::Hash;
 use std::sync::{Arc, Condvar, Mutex};
 
 use changeflow_core::ClusterTime;
@@ -27,6 +28,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
+use crate::fxhash::FxHashMap;
 use crate::stash::TimeStash;
 
 /// Calls `callback(time, changes)` for every closed time with changes, in time order, on worker
@@ -42,7 +44,8 @@ pub fn on_closed_times<'scope, D, F, G>(
     F: FnMut(ClusterTime, &[(D, isize)]) + 'static,
     G: FnMut(Option<ClusterTime>) + 'static,
 {
-    on_closed(view, true, callback, on_frontier)
+    let mut callback = callback;
+    on_closed(view, true, move |t, c| callback(t, c), on_frontier)
 }
 
 /// Like [`on_closed_times`], but each call covers every time closed since the last call: the
@@ -58,19 +61,23 @@ pub fn on_closed_batches<'scope, D, F, G>(
     F: FnMut(ClusterTime, &[(D, isize)]) + 'static,
     G: FnMut(Option<ClusterTime>) + 'static,
 {
-    on_closed(view, false, callback, on_frontier)
+    let mut callback = callback;
+    on_closed(view, false, move |t, c| callback(t, c), on_frontier)
 }
 
+/// The operator behind [`on_closed_times`] and [`on_closed_batches`]; `callback` may take the
+/// changes out of the vector (a view handle moves rows into its map instead of cloning them).
 fn on_closed<'scope, D, F, G>(
     view: VecCollection<'scope, ClusterTime, D, isize>,
     per_time: bool,
-    mut callback: F,
+    callback: F,
     mut on_frontier: G,
 ) where
     D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static,
-    F: FnMut(ClusterTime, &[(D, isize)]) + 'static,
+    F: FnMut(ClusterTime, &mut Vec<(D, isize)>) + 'static,
     G: FnMut(Option<ClusterTime>) + 'static,
 {
+    let mut callback = callback;
     // Only worker 0 receives the changes, so only it may report the frontier: another worker's
     // frontier can pass a time whose changes are still on their way to worker 0.
     let leader = view.scope().index() == 0;
@@ -105,7 +112,7 @@ fn on_closed<'scope, D, F, G>(
                                 });
                             }
                             if !changes.is_empty() {
-                                callback(last, &changes);
+                                callback(last, &mut changes);
                             }
                         }
                     }
@@ -184,7 +191,9 @@ pub struct Snapshot<D> {
 }
 
 struct Shared<D> {
-    rows: BTreeMap<D, isize>,
+    /// Rows with non-zero multiplicity (hashed: views churn a row out and its successor in at
+    /// every change; snapshots sort).
+    rows: FxHashMap<D, isize>,
     time: Option<ClusterTime>,
     frontier: Option<ClusterTime>,
     complete: bool,
@@ -225,19 +234,21 @@ impl<D> Clone for ViewHandle<D> {
     }
 }
 
-impl<D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static> Default for ViewHandle<D> {
+impl<D: Ord + Hash + Clone + Serialize + DeserializeOwned + Send + 'static> Default
+    for ViewHandle<D>
+{
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static> ViewHandle<D> {
+impl<D: Ord + Hash + Clone + Serialize + DeserializeOwned + Send + 'static> ViewHandle<D> {
     /// An empty handle; [`ViewHandle::attach`] it to a view (on every worker).
     pub fn new() -> Self {
         ViewHandle {
             shared: Arc::new((
                 Mutex::new(Shared {
-                    rows: BTreeMap::new(),
+                    rows: FxHashMap::default(),
                     time: None,
                     frontier: Some(ClusterTime::MIN),
                     complete: false,
@@ -251,16 +262,25 @@ impl<D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static> ViewHandle<
     pub fn attach<'scope>(&self, view: VecCollection<'scope, ClusterTime, D, isize>) {
         let apply = self.clone();
         let frontier = self.clone();
-        on_closed_batches(
+        on_closed(
             view,
+            false,
             move |time, changes| {
                 let (lock, cvar) = &*apply.shared;
                 if let Ok(mut shared) = lock.lock() {
-                    for (row, diff) in changes {
-                        let n = shared.rows.entry(row.clone()).or_insert(0);
-                        *n += diff;
-                        if *n == 0 {
-                            shared.rows.remove(row);
+                    for (row, diff) in changes.drain(..) {
+                        match shared.rows.entry(row) {
+                            Entry::Occupied(mut n) => {
+                                *n.get_mut() += diff;
+                                if *n.get() == 0 {
+                                    n.remove();
+                                }
+                            }
+                            Entry::Vacant(slot) => {
+                                if diff != 0 {
+                                    slot.insert(diff);
+                                }
+                            }
                         }
                     }
                     shared.time = Some(time);
@@ -282,11 +302,16 @@ impl<D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static> ViewHandle<
     pub fn snapshot(&self) -> Snapshot<D> {
         let (lock, _) = &*self.shared;
         match lock.lock() {
-            Ok(shared) => Snapshot {
-                time: shared.time,
-                complete: shared.complete,
-                rows: shared.rows.iter().map(|(d, r)| (d.clone(), *r)).collect(),
-            },
+            Ok(shared) => {
+                let mut rows: Vec<(D, isize)> =
+                    shared.rows.iter().map(|(d, r)| (d.clone(), *r)).collect();
+                rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                Snapshot {
+                    time: shared.time,
+                    complete: shared.complete,
+                    rows,
+                }
+            }
             Err(_) => Snapshot {
                 time: None,
                 complete: false,

@@ -72,21 +72,24 @@ impl<D> TimeStash<D> {
             self.held = None;
             return None;
         }
-        let mut records = if self.pending.iter().all(|(t, _)| !frontier.less_equal(t)) {
-            std::mem::take(&mut self.pending)
-        } else {
-            let (closed, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
-                .into_iter()
-                .partition(|(t, _)| !frontier.less_equal(t));
-            self.pending = open;
-            closed
-        };
-        if records.is_empty() {
+        // Records arrive mostly in time order, so the stable sort is usually one pass (and
+        // skipped when already sorted); with a total order the closed times are then a prefix.
+        if !self.pending.is_sorted_by_key(|(t, _)| *t) {
+            self.pending.sort_by_key(|(t, _)| *t);
+        }
+        let closed = self
+            .pending
+            .partition_point(|(t, _)| !frontier.less_equal(t));
+        if closed == 0 {
             return None;
         }
-        records.sort_by_key(|(t, _)| *t);
+        let records = if closed == self.pending.len() {
+            std::mem::take(&mut self.pending)
+        } else {
+            self.pending.drain(..closed).collect()
+        };
         let cap = self.held.as_ref()?.clone();
-        match self.pending.iter().map(|(t, _)| *t).min() {
+        match self.pending.first().map(|(t, _)| *t) {
             Some(next) => {
                 if let Some(held) = self.held.as_mut() {
                     held.downgrade(&next);

@@ -376,7 +376,8 @@ impl Group {
         if self.count <= 0 {
             return None;
         }
-        let mut row = keys.clone();
+        let mut row = Vec::with_capacity(keys.len() + self.partials.len());
+        row.extend_from_slice(keys);
         for (partial, agg) in self.partials.iter().zip(&spec.aggregates) {
             row.push(match agg.kind {
                 AggregateKind::Count => Value::Int(self.count),

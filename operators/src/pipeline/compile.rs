@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
 use bson::{Bson, Document as BsonDoc};
+use changeflow_core::raw::{self, kind};
 use changeflow_core::{ClusterTime, Document};
 
 use differential_dataflow::VecCollection;
@@ -755,16 +756,22 @@ fn group<'scope>(
     let positioned = empty_states
         .iter()
         .any(|s| matches!(s, AccState::Ordered(_) | AccState::Ranked { .. }));
+    // The key and the arguments in one list, for the one-pass read of the simple case.
+    let simple_exprs: Vec<Expr> = if simple {
+        std::iter::once(id.clone())
+            .chain(accumulators.iter().map(|a| a.arg.clone()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let contribute = move |pos: Pos, doc: Document| -> Option<Input> {
         let evaluated = (|| -> Result<_, EvalError> {
-            if simple && let Some(key) = raw_eval(&id, doc.as_bytes()) {
-                let args: Option<Vec<Option<Key>>> = accumulators
-                    .iter()
-                    .map(|a| raw_eval(&a.arg, doc.as_bytes()).map(|v| v.map(Key::new)))
-                    .collect();
-                if let Some(args) = args {
-                    return Ok((Key::new(key.unwrap_or(Bson::Null)), args));
-                }
+            if simple && let Some(values) = raw_eval_all(&simple_exprs, doc.as_bytes()) {
+                let mut values = values.into_iter();
+                let key = values.next().flatten().unwrap_or(Bson::Null);
+                // Same layout (`Key` wraps `Bson`): collected in place, no new allocation.
+                let args: Vec<Option<Key>> = values.map(|v| v.map(Key::new)).collect();
+                return Ok((Key::new(key), args));
             }
             let parsed = BsonDoc::from_reader(doc.as_bytes()).map_err(|e| EvalError {
                 operator: "$group".into(),
@@ -902,10 +909,16 @@ fn group_output(state: &GroupState, names: &[(String, String)]) -> Option<Docume
     // Written straight as BSON bytes (no intermediate document, no re-validation). The writer
     // refuses only what `bson::Document::to_vec` refuses too (a NUL in a field name).
     let mut out = bson::RawDocumentBuf::new();
-    out.append(
-        bson::raw::cstr!("_id"),
-        bson::RawBson::try_from(state.rep.clone()).ok()?,
-    );
+    // The key by reference in the common cases (no copy of a string key per output).
+    let id = bson::raw::cstr!("_id");
+    match &state.rep {
+        Bson::String(s) => out.append(id, bson::RawBsonRef::String(s)),
+        Bson::Double(v) => out.append(id, *v),
+        Bson::Int32(v) => out.append(id, *v),
+        Bson::Int64(v) => out.append(id, *v),
+        Bson::Null => out.append(id, bson::RawBsonRef::Null),
+        other => out.append(id, bson::RawBson::try_from(other.clone()).ok()?),
+    }
     for ((name, op), acc) in names.iter().zip(&state.accumulators) {
         let name: &bson::raw::CStr = name.as_str().try_into().ok()?;
         out.append(name, bson::RawBson::try_from(acc.value(op)).ok()?);
@@ -913,28 +926,81 @@ fn group_output(state: &GroupState, names: &[(String, String)]) -> Option<Docume
     Some(Document::from_trusted(out.into_bytes()))
 }
 
-/// A constant or a field path evaluated on raw BSON: `Some(value or missing)`, or `None` when
-/// the path crosses an array (the full evaluation decides then).
-fn raw_eval(expr: &Expr, doc: &[u8]) -> Option<Option<Bson>> {
-    match expr {
-        Expr::Literal(v) => Some(Some(v.clone())),
-        Expr::Field(path) => {
-            let mut current = bson::RawDocument::from_bytes(doc).ok()?;
-            for (i, part) in path.iter().enumerate() {
-                let Ok(Some(value)) = current.get(part) else {
-                    return Some(None);
-                };
-                if i + 1 == path.len() {
-                    return Some(Bson::try_from(value).ok());
-                }
-                match value {
-                    bson::RawBsonRef::Document(d) => current = d,
-                    bson::RawBsonRef::Array(_) => return None,
-                    _ => return Some(None),
-                }
+/// Constants and field paths evaluated on raw BSON in one pass over the document's top-level
+/// fields (the first occurrence of a repeated key wins, as in `RawDocument::get`): each
+/// `Some(value)` or `None` (missing). `None` overall when an expression is anything else, or a
+/// path crosses an array or ends on a value that [`scalar`] does not read: the full evaluation
+/// decides then.
+fn raw_eval_all(exprs: &[Expr], doc: &[u8]) -> Option<Vec<Option<Bson>>> {
+    let mut values: Vec<Option<Bson>> = Vec::with_capacity(exprs.len());
+    // Bit i: expression i still waits for its field (at most 64 fields in one pass).
+    let mut waiting = 0u64;
+    for (i, e) in exprs.iter().enumerate() {
+        match e {
+            Expr::Literal(v) => values.push(Some(v.clone())),
+            Expr::Field(path) if !path.is_empty() && i < 64 => {
+                waiting |= 1 << i;
+                values.push(None);
             }
-            Some(None)
+            _ => return None,
         }
-        _ => None,
     }
+    for element in raw::elements(doc) {
+        if waiting == 0 {
+            break;
+        }
+        // A malformed document reads as missing from here on (documents in state are valid).
+        let Ok(element) = element else { break };
+        for (i, e) in exprs.iter().enumerate() {
+            if waiting & (1 << i) == 0 {
+                continue;
+            }
+            let Expr::Field(path) = e else { continue };
+            if path[0].as_bytes() != element.key {
+                continue;
+            }
+            waiting &= !(1 << i);
+            values[i] = resolve_raw(element, &path[1..])?;
+        }
+    }
+    Some(values)
+}
+
+/// The value at `rest` below `element`: `Some(value or missing)`, or `None` when the path
+/// crosses an array or ends on a value [`scalar`] does not read.
+fn resolve_raw(element: raw::Element<'_>, rest: &[String]) -> Option<Option<Bson>> {
+    let Some((part, rest)) = rest.split_first() else {
+        return scalar(element).map(Some);
+    };
+    match element.kind {
+        kind::DOCUMENT => match raw::get(element.value, part) {
+            Ok(Some(inner)) => resolve_raw(inner, rest),
+            _ => Some(None),
+        },
+        kind::ARRAY => None,
+        _ => Some(None),
+    }
+}
+
+/// The common scalar types as a `Bson` value, straight from their bytes (`None` for the
+/// others: documents, arrays, decimals, binaries, ...).
+fn scalar(element: raw::Element<'_>) -> Option<Bson> {
+    let v = element.value;
+    Some(match element.kind {
+        kind::DOUBLE => Bson::Double(f64::from_le_bytes(v.try_into().ok()?)),
+        kind::STRING => Bson::String(element.as_str()?.to_owned()),
+        kind::INT32 => Bson::Int32(i32::from_le_bytes(v.try_into().ok()?)),
+        kind::INT64 => Bson::Int64(i64::from_le_bytes(v.try_into().ok()?)),
+        kind::BOOLEAN => match v {
+            [0] => Bson::Boolean(false),
+            [1] => Bson::Boolean(true),
+            _ => return None,
+        },
+        kind::NULL => Bson::Null,
+        kind::OBJECT_ID => Bson::ObjectId(bson::oid::ObjectId::from_bytes(v.try_into().ok()?)),
+        kind::DATETIME => Bson::DateTime(bson::DateTime::from_millis(i64::from_le_bytes(
+            v.try_into().ok()?,
+        ))),
+        _ => return None,
+    })
 }
