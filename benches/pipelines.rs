@@ -157,10 +157,21 @@ fn main() {
         }
     };
     let mut best = vec![f64::INFINITY; selected.len()];
-    for _ in 0..runs {
-        for (i, (name, variant)) in selected.iter().enumerate() {
-            best[i] = best[i].min(run(input_of(name), *variant));
+    for round in 0..runs {
+        // Every other round runs the variants in reverse, so neither order's after-effects
+        // (the allocator's state left by the previous variant) favour one of them.
+        let mut order: Vec<usize> = (0..selected.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
         }
+        let mut line = format!("round {round}:");
+        for i in order {
+            let (name, variant) = &selected[i];
+            let seconds = run(input_of(name), *variant);
+            best[i] = best[i].min(seconds);
+            line += &format!("  {name} {:.0}/s", input_of(name).len() as f64 / seconds);
+        }
+        println!("{line}");
     }
     let rates: Vec<f64> = selected
         .iter()

@@ -174,6 +174,26 @@ impl Namespace {
             coll: coll.map(Into::into),
         }
     }
+
+    /// [`Namespace::new`], sharing the names of the namespace this thread decoded last when it
+    /// is the same one: a stream is mostly one namespace, so most events then allocate no names.
+    fn shared(db: &str, coll: Option<&str>) -> Self {
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<Namespace>> = const { std::cell::RefCell::new(None) };
+        }
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            if let Some(ns) = &*last
+                && *ns.db == *db
+                && ns.coll.as_deref() == coll
+            {
+                return ns.clone();
+            }
+            let ns = Namespace::new(db, coll);
+            *last = Some(ns.clone());
+            ns
+        })
+    }
 }
 
 impl fmt::Display for Namespace {
@@ -593,7 +613,7 @@ fn parse_namespace(bytes: &[u8]) -> Option<Namespace> {
             _ => {}
         }
     }
-    Some(Namespace::new(db?, coll))
+    Some(Namespace::shared(db?, coll))
 }
 
 #[cfg(test)]

@@ -128,7 +128,13 @@ fn run(json: &[u8], ctx: &mut Ctx) -> Result<(), ExtJsonError> {
         });
     }
     let start = ctx.out.len();
-    let mut de = serde_json::Deserializer::from_slice(json);
+    // Text that is UTF-8 as a whole (every valid line) is read as a `str`, so the parser does
+    // not check each string and key again; any other text is a syntax error, which the
+    // error path below reports as bson's route does.
+    let Ok(text) = std::str::from_utf8(json) else {
+        return run_deduplicated(json, ctx, start);
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
     let parsed = TopSeed { ctx: &mut *ctx }
         .deserialize(&mut de)
         .and_then(|()| de.end());
@@ -2813,5 +2819,26 @@ mod tests {
         let err = write_document(doc, false, &mut out).expect_err("not UTF-8");
         assert!(matches!(err, ExtJsonError::Syntax(m) if m.starts_with("malformed BSON")));
         assert_eq!(out, "keep");
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_a_syntax_error_as_in_bson() {
+        // In a string, in a key, and after a bad wrapper (the syntax error still wins).
+        let cases: [&[u8]; 3] = [
+            b"{\"a\": \"x\xff\"}",
+            b"{\"\xfe\": 1}",
+            b"{\"x\": {\"$oid\": \"bad\"}, \"a\": \"\xc3\"}",
+        ];
+        for json in cases {
+            let theirs = reference(json);
+            assert!(
+                theirs.as_ref().is_err_and(|e| e.starts_with("syntax")),
+                "{theirs:?}"
+            );
+            let mut out = vec![1, 2, 3];
+            let mine = transcode(json, &mut out);
+            assert!(matches!(mine, Err(ExtJsonError::Syntax(_))), "{mine:?}");
+            assert_eq!(out, [1, 2, 3], "nothing written on error");
+        }
     }
 }

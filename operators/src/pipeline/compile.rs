@@ -286,21 +286,28 @@ fn entry(ns: &str, key: &DocKey, doc: Document) -> Option<(Pos, Document)> {
     if key.ns() != ns {
         return None;
     }
+    Some((id_position(&doc)?, doc))
+}
+
+/// A document's position as a pipeline input: its `_id` (`None` if that cannot be read).
+fn id_position(doc: &Document) -> Option<Pos> {
     // Only `_id` is needed here: read it from the bytes, not the whole document.
-    let raw = bson::RawDocument::from_bytes(doc.as_bytes()).ok()?;
-    let id = match raw.get("_id") {
-        Ok(Some(value)) => Bson::try_from(value).ok()?,
+    let id = match raw::get(doc.as_bytes(), "_id") {
+        Ok(Some(element)) => match scalar(element) {
+            Some(id) => id,
+            None => {
+                let raw = bson::RawDocument::from_bytes(doc.as_bytes()).ok()?;
+                Bson::try_from(raw.get("_id").ok()??).ok()?
+            }
+        },
         Ok(None) => Bson::Null,
         Err(_) => return None,
     };
-    Some((
-        Pos {
-            sort: Vec::new(),
-            id: Key::new(id),
-            index: Vec::new(),
-        },
-        doc,
-    ))
+    Some(Pos {
+        sort: Vec::new(),
+        id: Key::new(id),
+        index: Vec::new(),
+    })
 }
 
 /// The collections a pipeline reads: its own namespace's documents and `$lookup`'s.
@@ -764,7 +771,9 @@ fn group<'scope>(
     } else {
         Vec::new()
     };
-    let contribute = move |pos: Pos, doc: Document| -> Option<Input> {
+    // `pos` is `None` for a document read straight from the document state: its position is
+    // then read from its `_id` only when needed (an order-dependent accumulator, an error).
+    let contribute = move |pos: Option<Pos>, doc: Document| -> Option<Input> {
         let evaluated = (|| -> Result<_, EvalError> {
             if simple && let Some(values) = raw_eval_all(&simple_exprs, doc.as_bytes()) {
                 let mut values = values.into_iter();
@@ -797,7 +806,13 @@ fn group<'scope>(
             Ok((Key::new(key), args))
         })();
         match evaluated {
-            Ok((key, args)) => Some((key, positioned.then(|| Box::new(pos)), args)),
+            Ok((key, args)) => {
+                let pos = match positioned {
+                    true => Some(Box::new(pos.or_else(|| id_position(&doc))?)),
+                    false => None,
+                };
+                Some((key, pos, args))
+            }
             Err(e) => {
                 // $bucket runs as a $group over a $switch: say it as MongoDB does.
                 let e = if located.name == "$bucket" && e.operator == "$switch" {
@@ -808,17 +823,21 @@ fn group<'scope>(
                 } else {
                     e
                 };
-                stats.record(&pos.id, &located, &e);
+                let id = match pos.or_else(|| id_position(&doc)) {
+                    Some(pos) => pos.id,
+                    None => Key::new(Bson::Null),
+                };
+                stats.record(&id, &located, &e);
                 None
             }
         }
     };
     let contributions = match input {
-        GroupInput::Rows(rows) => rows.flat_map(move |(pos, doc)| contribute(pos, doc)),
+        GroupInput::Rows(rows) => rows.flat_map(move |(pos, doc)| contribute(Some(pos), doc)),
         GroupInput::Documents(documents, ns) => {
             documents.flat_map(move |(key, doc): (DocKey, Document)| {
-                let (pos, doc) = entry(&ns, &key, doc)?;
-                contribute(pos, doc)
+                (key.ns() == &*ns).then_some(())?;
+                contribute(None, doc)
             })
         }
     };
@@ -906,24 +925,41 @@ fn group_output(state: &GroupState, names: &[(String, String)]) -> Option<Docume
     if state.count <= 0 {
         return None;
     }
-    // Written straight as BSON bytes (no intermediate document, no re-validation). The writer
-    // refuses only what `bson::Document::to_vec` refuses too (a NUL in a field name).
-    let mut out = bson::RawDocumentBuf::new();
-    // The key by reference in the common cases (no copy of a string key per output).
-    let id = bson::raw::cstr!("_id");
-    match &state.rep {
-        Bson::String(s) => out.append(id, bson::RawBsonRef::String(s)),
-        Bson::Double(v) => out.append(id, *v),
-        Bson::Int32(v) => out.append(id, *v),
-        Bson::Int64(v) => out.append(id, *v),
-        Bson::Null => out.append(id, bson::RawBsonRef::Null),
-        other => out.append(id, bson::RawBson::try_from(other.clone()).ok()?),
-    }
+    // Written straight as BSON bytes (no intermediate document, no re-validation). Refuses
+    // only what `bson::Document::to_vec` refuses too (a NUL in a field name).
+    let mut out = raw::DocWriter::new();
+    append_value(&mut out, "_id", &state.rep)?;
     for ((name, op), acc) in names.iter().zip(&state.accumulators) {
-        let name: &bson::raw::CStr = name.as_str().try_into().ok()?;
-        out.append(name, bson::RawBson::try_from(acc.value(op)).ok()?);
+        append_value(&mut out, name, &acc.value(op))?;
     }
-    Some(Document::from_trusted(out.into_bytes()))
+    Some(Document::from_trusted(out.finish()))
+}
+
+/// Appends `value` under `key`: the common scalar types written directly, the others through
+/// `bson`'s encoder. `None` when the key holds a NUL (BSON cannot store it) or `bson` refuses
+/// the value.
+fn append_value(out: &mut raw::DocWriter, key: &str, value: &Bson) -> Option<()> {
+    if key.as_bytes().contains(&0) {
+        return None;
+    }
+    match value {
+        Bson::String(s) => out.append_str(key, s),
+        Bson::Double(v) => out.append(kind::DOUBLE, key, &v.to_le_bytes()),
+        Bson::Int32(v) => out.append(kind::INT32, key, &v.to_le_bytes()),
+        Bson::Int64(v) => out.append(kind::INT64, key, &v.to_le_bytes()),
+        Bson::Boolean(b) => out.append(kind::BOOLEAN, key, &[u8::from(*b)]),
+        Bson::Null => out.append(kind::NULL, key, &[]),
+        other => {
+            let mut one = bson::RawDocumentBuf::new();
+            one.append(
+                bson::raw::cstr!(""),
+                bson::RawBson::try_from(other.clone()).ok()?,
+            );
+            let element = raw::elements(one.as_bytes()).next()?.ok()?;
+            out.append(element.kind, key, element.value);
+        }
+    }
+    Some(())
 }
 
 /// Constants and field paths evaluated on raw BSON in one pass over the document's top-level
