@@ -419,6 +419,27 @@ impl DocWriter {
         self.buf.extend_from_slice(value.as_bytes());
         self.buf.push(0);
     }
+    /// Finishes the document as a [`Document`](crate::Document) (one allocation of its exact
+    /// size) and empties the writer for the next one, keeping its buffer.
+    ///
+    /// ```
+    /// use changeflow_core::raw::DocWriter;
+    /// let mut w = DocWriter::new();
+    /// w.append_str("a", "x");
+    /// let first = w.take_document();
+    /// w.append_str("b", "y");
+    /// let second = w.take_document();
+    /// assert_eq!(first.to_relaxed_json(), r#"{"a":"x"}"#);
+    /// assert_eq!(second.to_relaxed_json(), r#"{"b":"y"}"#);
+    /// ```
+    pub fn take_document(&mut self) -> crate::Document {
+        self.buf.push(0);
+        let len = self.buf.len() as i32;
+        self.buf[..4].copy_from_slice(&len.to_le_bytes());
+        let doc = crate::Document::from_trusted(self.buf.as_slice());
+        self.buf.truncate(4);
+        doc
+    }
     /// Finishes the document and returns its bytes.
     pub fn finish(mut self) -> Vec<u8> {
         self.buf.push(0);

@@ -15,10 +15,11 @@
 //!
 //! What keeps `$group` close to a hand-written group-by (`cargo bench --bench pipelines`):
 //! a pipeline that starts with `$group` reads the documents directly (no `(Pos, doc)` records);
-//! field-path keys and arguments are read from the document's bytes without decoding it; an
-//! input carries its position only when an order-dependent accumulator (`$first`, `$push`,
-//! `$top`, ...) needs it; each group keeps the output it last emitted, so a change retracts it
-//! without rebuilding it; outputs are written straight as BSON bytes.
+//! field-path keys and arguments are read from the document's bytes in one pass, without
+//! decoding it; an input carries its position (its `_id`, read only then) only when an
+//! order-dependent accumulator (`$first`, `$push`, `$top`, ...) needs it; each group keeps the
+//! output it last emitted, so a change retracts it without rebuilding it; outputs are written
+//! straight as BSON bytes.
 //!
 //! Every record carries a [`Pos`]: the values of the last `$sort` (with directions), then the
 //! source document's `_id` (or the group's `_id` after a `$group`), then array positions of
@@ -857,6 +858,7 @@ fn group<'scope>(
                 let mut stash: TimeStash<(Input, isize)> = TimeStash::new();
                 let mut groups: FxHashMap<Key, GroupState> = FxHashMap::default();
                 let mut before: FxHashMap<Key, Option<Document>> = FxHashMap::default();
+                let mut writer = raw::DocWriter::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         stash.stash(&cap, 0, data.drain(..).map(|(d, t, r)| (t, (d, r))));
@@ -889,7 +891,7 @@ fn group<'scope>(
                         for (key, old) in before.drain() {
                             let new = match groups.get_mut(&key) {
                                 Some(g) if g.count > 0 => {
-                                    g.emitted = group_output(g, &names);
+                                    g.emitted = group_output(g, &names, &mut writer);
                                     g.emitted.clone()
                                 }
                                 Some(_) => {
@@ -921,18 +923,26 @@ fn group<'scope>(
 }
 
 /// A group's output document, or `None` when it has no inputs.
-fn group_output(state: &GroupState, names: &[(String, String)]) -> Option<Document> {
+fn group_output(
+    state: &GroupState,
+    names: &[(String, String)],
+    out: &mut raw::DocWriter,
+) -> Option<Document> {
     if state.count <= 0 {
         return None;
     }
     // Written straight as BSON bytes (no intermediate document, no re-validation). Refuses
     // only what `bson::Document::to_vec` refuses too (a NUL in a field name).
-    let mut out = raw::DocWriter::new();
-    append_value(&mut out, "_id", &state.rep)?;
-    for ((name, op), acc) in names.iter().zip(&state.accumulators) {
-        append_value(&mut out, name, &acc.value(op))?;
-    }
-    Some(Document::from_trusted(out.finish()))
+    let written = std::iter::once(append_value(out, "_id", &state.rep))
+        .chain(
+            names
+                .iter()
+                .zip(&state.accumulators)
+                .map(|((name, op), acc)| append_value(out, name, &acc.value(op))),
+        )
+        .all(|ok| ok.is_some());
+    let doc = out.take_document();
+    written.then_some(doc)
 }
 
 /// Appends `value` under `key`: the common scalar types written directly, the others through
