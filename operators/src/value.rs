@@ -199,7 +199,8 @@ impl Field {
 }
 
 /// Reads every field of `fields` from `doc` into a row, walking the top-level elements once for
-/// all single-component paths. A field with an empty path reads as null. `mismatch` is told of
+/// all single-component paths, and only until each has been found (the first occurrence of a
+/// repeated key, as [`Field::extract`] reads it). A field with an empty path reads as null. `mismatch` is told of
 /// each value present but not of its field's type (which reads as null).
 ///
 /// ```
@@ -231,7 +232,7 @@ pub fn extract_row(
 /// ```
 #[derive(Default, Debug)]
 pub struct Interner {
-    strings: std::collections::HashSet<Arc<str>>,
+    strings: crate::fxhash::FxHashSet<Arc<str>>,
 }
 
 impl Interner {
@@ -275,10 +276,29 @@ pub fn extract_row_interned(
     if top_level == 0 {
         return row;
     }
+    // Bit i: field i (a single-component path) is still to be found; past 64 fields, a flag
+    // per field (allocated only then).
+    let mut wanted: u64 = fields
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| *i < 64 && f.path.len() == 1)
+        .fold(0, |bits, (i, _)| bits | 1 << i);
+    let mut found_beyond: Vec<bool> = fields.iter().skip(64).map(|f| f.path.len() != 1).collect();
     for element in raw::elements(doc) {
+        if wanted == 0 && found_beyond.iter().all(|f| *f) {
+            break;
+        }
         let Ok(element) = element else { break };
-        for (slot, field) in row.iter_mut().zip(fields) {
-            if field.path.len() == 1 && field.path[0].as_bytes() == element.key {
+        for (i, (slot, field)) in row.iter_mut().zip(fields).enumerate() {
+            let still_wanted = match i.checked_sub(64) {
+                None => wanted & (1 << i) != 0,
+                Some(j) => !found_beyond[j],
+            };
+            if still_wanted && field.path.len() == 1 && field.path[0].as_bytes() == element.key {
+                match i.checked_sub(64) {
+                    None => wanted &= !(1 << i),
+                    Some(j) => found_beyond[j] = true,
+                }
                 let value = match (field.ty, element.as_str()) {
                     (ValueType::String, Some(s)) => Some(Value::String(strings.intern(s))),
                     _ => convert(&element, field.ty),
@@ -341,5 +361,32 @@ fn convert(e: &Element<'_>, ty: ValueType) -> Option<Value> {
         ValueType::ObjectId => (e.kind == kind::OBJECT_ID)
             .then(|| e.value.try_into().ok().map(Value::ObjectId))
             .flatten(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repeated key reads as its first occurrence in one pass, as one field read alone does,
+    /// also past the 64 fields the pass tracks in a bit set.
+    #[test]
+    fn a_row_reads_the_first_occurrence_like_a_single_field() {
+        let mut w = raw::DocWriter::new();
+        for (key, v) in [("a", 1i32), ("b", 2), ("a", 3), ("z", 4), ("z", 5)] {
+            w.append(kind::INT32, key, &v.to_le_bytes());
+        }
+        let doc = w.finish();
+        let mut fields: Vec<Field> = (0..70)
+            .map(|i| Field::new(&format!("f{i}"), &format!("f{i}"), ValueType::Int64))
+            .collect();
+        fields[0] = Field::new("a", "a", ValueType::Int64);
+        fields[69] = Field::new("z", "z", ValueType::Int64);
+        let row = extract_row(&doc, &fields, |_| {});
+        assert_eq!(row[0], Value::Int(1));
+        assert_eq!(row[69], Value::Int(4));
+        assert_eq!(fields[0].extract(&doc), Ok(Value::Int(1)));
+        assert_eq!(fields[69].extract(&doc), Ok(Value::Int(4)));
+        assert!(row[1..69].iter().all(|v| *v == Value::Null));
     }
 }

@@ -274,8 +274,11 @@ impl GroupBy {
                                     group.update(&inputs, diff, &spec.aggregates);
                                 }
                                 for (keys, old) in before.drain() {
-                                    let new = groups.get(&keys).and_then(|g| g.row(&keys, &spec));
-                                    if groups.get(&keys).is_some_and(|g| g.count == 0) {
+                                    let (new, emptied) = match groups.get(&keys) {
+                                        Some(g) => (g.row(&keys, &spec), g.count == 0),
+                                        None => (None, false),
+                                    };
+                                    if emptied {
                                         groups.remove(&keys);
                                     }
                                     if old == new {
