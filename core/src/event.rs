@@ -250,6 +250,8 @@ impl Span {
 struct Fields {
     id: Span,
     document_key: Span,
+    /// `documentKey._id` (read once here: routing and document state both need it).
+    document_id: Span,
     full_document: Span,
     before: Span,
     update_description: Span,
@@ -361,7 +363,11 @@ impl ChangeEvent {
                     })?);
                 }
                 b"documentKey" if expect(is_doc, "a document", &mut problem) => {
-                    fields.document_key = span
+                    fields.document_key = span;
+                    fields.document_id = match raw::get(e.value, "_id") {
+                        Ok(Some(id)) => Span::of(bytes, &id),
+                        _ => Span::default(),
+                    };
                 }
                 b"fullDocument"
                     if e.kind != kind::NULL
@@ -512,11 +518,8 @@ impl ChangeEvent {
     }
     /// The `documentKey._id` value as a one-field element (type byte and encoded value).
     pub fn document_id(&self) -> Option<(u8, &[u8])> {
-        let key = self.document_key_bytes()?;
-        raw::get(key, "_id")
-            .ok()
-            .flatten()
-            .map(|e| (e.kind, e.value))
+        let span = self.fields.document_id;
+        self.span(span).map(|value| (span.kind, value))
     }
     /// `fullDocument`, if present and not null.
     pub fn full_document(&self) -> Option<Result<Document, Error>> {
@@ -644,6 +647,19 @@ mod tests {
         assert_eq!(e.wall_time_millis(), Some(1_666_187_264_000));
         assert!(e.collection_uuid_bytes().is_some());
         assert_eq!(e.document_id().unwrap().0, kind::OBJECT_ID);
+        assert_eq!(
+            e.document_id().unwrap().1,
+            [
+                0x59, 0x9a, 0xf2, 0x47, 0xbb, 0x69, 0xcd, 0x89, 0x96, 0x1c, 0x98, 0x6d
+            ]
+        );
+        // A sharded collection's documentKey holds the shard key before `_id`.
+        let sharded = event(&UPDATE.replace(
+            r#""documentKey": {"_id""#,
+            r#""documentKey": {"region": "eu", "_id""#,
+        ))
+        .unwrap();
+        assert_eq!(sharded.document_id(), e.document_id());
         let ud = e.update_description_bytes().unwrap();
         assert!(raw::get(ud, "truncatedArrays").unwrap().is_some());
         assert!(e.full_document().is_none());
