@@ -837,7 +837,9 @@ fn group<'scope>(
         GroupInput::Rows(rows) => rows.flat_map(move |(pos, doc)| contribute(Some(pos), doc)),
         GroupInput::Documents(documents, ns) => {
             documents.flat_map(move |(key, doc): (DocKey, Document)| {
-                (key.ns() == &*ns).then_some(())?;
+                if key.ns() != &*ns {
+                    return None;
+                }
                 contribute(None, doc)
             })
         }
