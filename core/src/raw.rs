@@ -295,6 +295,58 @@ fn value_size(kind: u8, rest: &[u8]) -> Option<usize> {
     (size <= rest.len()).then_some(size)
 }
 
+/// Looks up several top-level fields of `doc` in one pass: calls `found(i, element)` for the
+/// first element whose key is `keys(i)`, for each `i < n` (`None`: not looked for). The walk
+/// stops once every key was found, at a malformed element (the rest reads as missing), or when
+/// `found` returns `false`; the result is `false` only in that last case.
+///
+/// ```
+/// use changeflow_core::raw::first_occurrences;
+/// let doc = bson::rawdoc! { "a": 1, "b": 2, "a": 3 };
+/// let keys = [Some("a"), None, Some("b"), Some("c")];
+/// let mut seen = Vec::new();
+/// first_occurrences(doc.as_bytes(), keys.len(), |i| keys[i].map(str::as_bytes), |i, e| {
+///     seen.push((i, e.as_i64()));
+///     true
+/// });
+/// assert_eq!(seen, [(0, Some(1)), (2, Some(2))]);
+/// ```
+pub fn first_occurrences<'a, 'k>(
+    doc: &'a [u8],
+    n: usize,
+    keys: impl Fn(usize) -> Option<&'k [u8]>,
+    mut found: impl FnMut(usize, Element<'a>) -> bool,
+) -> bool {
+    // Bit i: key i is still looked for; past 64 keys, one flag each (allocated only then).
+    let mut wanted: u64 = (0..n.min(64))
+        .filter(|&i| keys(i).is_some())
+        .fold(0, |bits, i| bits | 1 << i);
+    let mut wanted_beyond: Vec<bool> = (64..n).map(|i| keys(i).is_some()).collect();
+    for element in elements(doc) {
+        if wanted == 0 && !wanted_beyond.contains(&true) {
+            break;
+        }
+        let Ok(element) = element else { break };
+        for i in 0..n {
+            let still = match i.checked_sub(64) {
+                None => wanted & (1 << i) != 0,
+                Some(j) => wanted_beyond[j],
+            };
+            if !still || keys(i) != Some(element.key) {
+                continue;
+            }
+            match i.checked_sub(64) {
+                None => wanted &= !(1 << i),
+                Some(j) => wanted_beyond[j] = false,
+            }
+            if !found(i, element) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// Looks up a top-level field of `doc` by key (a linear scan).
 ///
 /// ```

@@ -37,14 +37,13 @@ use crate::stash::TimeStash;
 /// complete), after the changes of every time before it were given to `callback`.
 pub fn on_closed_times<'scope, D, F, G>(
     view: VecCollection<'scope, ClusterTime, D, isize>,
-    callback: F,
+    mut callback: F,
     on_frontier: G,
 ) where
     D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static,
     F: FnMut(ClusterTime, &[(D, isize)]) + 'static,
     G: FnMut(Option<ClusterTime>) + 'static,
 {
-    let mut callback = callback;
     on_closed(view, true, move |t, c| callback(t, c), on_frontier)
 }
 
@@ -54,14 +53,13 @@ pub fn on_closed_times<'scope, D, F, G>(
 /// *at* closed times but not each time's own changes.
 pub fn on_closed_batches<'scope, D, F, G>(
     view: VecCollection<'scope, ClusterTime, D, isize>,
-    callback: F,
+    mut callback: F,
     on_frontier: G,
 ) where
     D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static,
     F: FnMut(ClusterTime, &[(D, isize)]) + 'static,
     G: FnMut(Option<ClusterTime>) + 'static,
 {
-    let mut callback = callback;
     on_closed(view, false, move |t, c| callback(t, c), on_frontier)
 }
 
@@ -70,14 +68,13 @@ pub fn on_closed_batches<'scope, D, F, G>(
 fn on_closed<'scope, D, F, G>(
     view: VecCollection<'scope, ClusterTime, D, isize>,
     per_time: bool,
-    callback: F,
+    mut callback: F,
     mut on_frontier: G,
 ) where
     D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static,
     F: FnMut(ClusterTime, &mut Vec<(D, isize)>) + 'static,
     G: FnMut(Option<ClusterTime>) + 'static,
 {
-    let mut callback = callback;
     // Only worker 0 receives the changes, so only it may report the frontier: another worker's
     // frontier can pass a time whose changes are still on their way to worker 0.
     let leader = view.scope().index() == 0;

@@ -200,8 +200,8 @@ impl Field {
 
 /// Reads every field of `fields` from `doc` into a row, walking the top-level elements once for
 /// all single-component paths, and only until each has been found (the first occurrence of a
-/// repeated key, as [`Field::extract`] reads it). A field with an empty path reads as null. `mismatch` is told of
-/// each value present but not of its field's type (which reads as null).
+/// repeated key, as [`Field::extract`] reads it). A field with an empty path reads as null.
+/// `mismatch` is told of each value present but not of its field's type (which reads as null).
 ///
 /// ```
 /// use changeflow_operators::value::{extract_row, Field, Value, ValueType};
@@ -276,44 +276,26 @@ pub fn extract_row_interned(
     if top_level == 0 {
         return row;
     }
-    // Bit i: field i (a single-component path) is still to be found; past 64 fields, a flag
-    // per field (allocated only then).
-    let mut wanted: u64 = fields
-        .iter()
-        .enumerate()
-        .filter(|(i, f)| *i < 64 && f.path.len() == 1)
-        .fold(0, |bits, (i, _)| bits | 1 << i);
-    let mut found_beyond: Vec<bool> = fields.iter().skip(64).map(|f| f.path.len() != 1).collect();
-    for element in raw::elements(doc) {
-        if wanted == 0 && found_beyond.iter().all(|f| *f) {
-            break;
-        }
-        let Ok(element) = element else { break };
-        for (i, (slot, field)) in row.iter_mut().zip(fields).enumerate() {
-            let still_wanted = match i.checked_sub(64) {
-                None => wanted & (1 << i) != 0,
-                Some(j) => !found_beyond[j],
-            };
-            if still_wanted && field.path.len() == 1 && field.path[0].as_bytes() == element.key {
-                match i.checked_sub(64) {
-                    None => wanted &= !(1 << i),
-                    Some(j) => found_beyond[j] = true,
-                }
-                let value = match (field.ty, element.as_str()) {
-                    (ValueType::String, Some(s)) => Some(Value::String(strings.intern(s))),
-                    _ => convert(&element, field.ty),
-                };
-                *slot = value.unwrap_or_else(|| {
-                    mismatch(&TypeMismatch {
-                        field: field.name.clone(),
-                        found: element.kind,
-                        expected: field.ty,
-                    });
-                    Value::Null
-                });
-            }
-        }
-    }
+    let key = |i: usize| match fields[i].path.as_slice() {
+        [only] => Some(only.as_bytes()),
+        _ => None,
+    };
+    raw::first_occurrences(doc, fields.len(), key, |i, element| {
+        let field = &fields[i];
+        let value = match (field.ty, element.as_str()) {
+            (ValueType::String, Some(s)) => Some(Value::String(strings.intern(s))),
+            _ => convert(&element, field.ty),
+        };
+        row[i] = value.unwrap_or_else(|| {
+            mismatch(&TypeMismatch {
+                field: field.name.clone(),
+                found: element.kind,
+                expected: field.ty,
+            });
+            Value::Null
+        });
+        true
+    });
     row
 }
 

@@ -981,37 +981,30 @@ fn append_value(out: &mut raw::DocWriter, key: &str, value: &Bson) -> Option<()>
 /// decides then.
 fn raw_eval_all(exprs: &[Expr], doc: &[u8]) -> Option<Vec<Option<Bson>>> {
     let mut values: Vec<Option<Bson>> = Vec::with_capacity(exprs.len());
-    // Bit i: expression i still waits for its field (at most 64 fields in one pass).
-    let mut waiting = 0u64;
-    for (i, e) in exprs.iter().enumerate() {
+    for e in exprs {
         match e {
             Expr::Literal(v) => values.push(Some(v.clone())),
-            Expr::Field(path) if !path.is_empty() && i < 64 => {
-                waiting |= 1 << i;
-                values.push(None);
-            }
+            Expr::Field(path) if !path.is_empty() => values.push(None),
             _ => return None,
         }
     }
-    for element in raw::elements(doc) {
-        if waiting == 0 {
-            break;
-        }
-        // A malformed document reads as missing from here on (documents in state are valid).
-        let Ok(element) = element else { break };
-        for (i, e) in exprs.iter().enumerate() {
-            if waiting & (1 << i) == 0 {
-                continue;
+    let key = |i: usize| match &exprs[i] {
+        Expr::Field(path) => path.first().map(|p| p.as_bytes()),
+        _ => None,
+    };
+    let complete = raw::first_occurrences(doc, exprs.len(), key, |i, element| {
+        let Expr::Field(path) = &exprs[i] else {
+            return true;
+        };
+        match resolve_raw(element, &path[1..]) {
+            Some(value) => {
+                values[i] = value;
+                true
             }
-            let Expr::Field(path) = e else { continue };
-            if path[0].as_bytes() != element.key {
-                continue;
-            }
-            waiting &= !(1 << i);
-            values[i] = resolve_raw(element, &path[1..])?;
+            None => false,
         }
-    }
-    Some(values)
+    });
+    complete.then_some(values)
 }
 
 /// The value at `rest` below `element`: `Some(value or missing)`, or `None` when the path
