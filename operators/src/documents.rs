@@ -23,7 +23,7 @@
 //!   the document then takes `fullDocument` if present and is otherwise retracted: never a guess.
 //! * `delete`: the document is retracted.
 //! * `drop`: every document of the namespace is retracted; `dropDatabase` every document of the
-//!   database; `rename` moves the namespace's documents to `to`.
+//!   database; `rename` moves the namespace's documents to `to`, replacing `to`'s documents.
 //! * `changeflowSnapshotReset` (a re-snapshot, [`changeflow_core::synthetic::reset`]): every
 //!   document of the namespace is retracted; the snapshot's inserts at the same time follow it
 //!   (token order), so the net change emitted at that time is exactly the difference between the
@@ -45,7 +45,7 @@
 //! stashed time and emits a time's changes once the input frontier has passed it.
 
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -58,7 +58,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 
-use crate::fxhash::FxHashMap;
+use crate::fxhash::{FxHashMap, FxHasher};
 use crate::stash::TimeStash;
 use crate::update::apply_update;
 
@@ -175,10 +175,15 @@ impl DocumentStats {
 /// The document-state collection: `(DocKey, Document)` records with differential diffs.
 pub type Documents<'scope> = VecCollection<'scope, ClusterTime, (DocKey, Document), isize>;
 
-fn route(event: &ChangeEvent) -> Option<u64> {
+/// The routing hash of a document change (any value when there is one worker: nothing to route).
+fn route(event: &ChangeEvent, peers: u64) -> Option<u64> {
     let ns = event.namespace()?;
     let (k, id) = event.document_id()?;
-    Some(hash_of(&(&*ns.db, ns.coll.as_deref(), k, id)))
+    Some(if peers > 1 {
+        hash_of(&(&*ns.db, ns.coll.as_deref(), k, id))
+    } else {
+        0
+    })
 }
 
 /// Maintains the live version of every document from a stream of change events (see the module
@@ -226,7 +231,7 @@ pub fn document_state<'scope>(
                 input.for_each(|cap, data| {
                     let mut session = output.session(&cap);
                     for (event, time) in data.drain(..) {
-                        match route(&event) {
+                        match route(&event, peers) {
                             Some(h) if event.operation().is_document_change() => {
                                 session.give((h, (event, time)))
                             }
@@ -284,10 +289,24 @@ type Id = Arc<[u8]>;
 /// A namespace's database and collection, as decoded from an event.
 type NamespaceParts = (Arc<str>, Option<Arc<str>>);
 
+/// The versions of one namespace, by `_id` bytes.
+type Versions = hashbrown::HashMap<Id, Slot, BuildHasherDefault<FxHasher>>;
+
+/// One document's version, and whether the time being applied has changed it.
+///
+/// A slot whose document the current time deleted stays (with `doc: None`) until the time's
+/// changes are drained, so that a key is listed in [`State::before`] exactly while its slot is
+/// marked `touched`.
+struct Slot {
+    doc: Option<Document>,
+    touched: bool,
+}
+
 /// One worker's document versions, and the versions before the time being applied.
 ///
 /// Namespaces are numbered in order of first appearance; versions live in one map per
 /// namespace, keyed by `_id` bytes, so the hot path hashes a short byte string, not a name.
+/// Applying an event hashes its `_id` once, draining the time's changes once more.
 #[derive(Default)]
 struct State {
     /// Namespace names (`"db.coll"`) by number.
@@ -296,9 +315,9 @@ struct State {
     /// The namespace of the previous event, to skip the lookup for runs of one namespace.
     last: Option<(NamespaceParts, u32)>,
     /// Versions per namespace number.
-    docs: Vec<FxHashMap<Id, Document>>,
-    /// Keys touched in the current time, with their version before it.
-    before: FxHashMap<(u32, Id), Option<Document>>,
+    docs: Vec<Versions>,
+    /// Keys touched in the current time (each once), with their version before it.
+    before: Vec<(u32, Id, Option<Document>)>,
     id_buf: Vec<u8>,
 }
 
@@ -317,7 +336,7 @@ impl State {
             None => {
                 let n = self.names.len() as u32;
                 self.names.push(ns.to_string().into());
-                self.docs.push(FxHashMap::default());
+                self.docs.push(Versions::default());
                 self.numbers.insert(parts.clone(), n);
                 n
             }
@@ -326,14 +345,25 @@ impl State {
         n
     }
 
-    fn docs_of(&self, ns: u32) -> &FxHashMap<Id, Document> {
-        &self.docs[ns as usize]
+    /// The live version of `id` in namespace `ns`.
+    fn version(&self, ns: u32, id: &[u8]) -> Option<&Document> {
+        self.docs[ns as usize].get(id)?.doc.as_ref()
     }
 
     /// Emits the net change of every key touched since the last call.
     fn drain_changes(&mut self, mut emit: impl FnMut(DocKey, Document, isize)) {
-        for ((ns, id), old) in self.before.drain() {
-            let new = self.docs[ns as usize].get(&id).cloned();
+        for (ns, id, old) in self.before.drain(..) {
+            let docs = &mut self.docs[ns as usize];
+            let new = match docs.get_mut(&id) {
+                Some(slot) => {
+                    slot.touched = false;
+                    slot.doc.clone()
+                }
+                None => None,
+            };
+            if new.is_none() {
+                docs.remove(&id);
+            }
             if old == new {
                 continue;
             }
@@ -354,23 +384,20 @@ impl State {
     /// version before the current time.
     fn set(&mut self, ns: u32, id: &[u8], doc: Option<Document>) {
         let docs = &mut self.docs[ns as usize];
-        let (key, old) = match docs.get_key_value(id).map(|(k, _)| Arc::clone(k)) {
-            Some(key) => {
-                let old = match doc {
-                    Some(doc) => docs.get_mut(id).map(|slot| std::mem::replace(slot, doc)),
-                    None => docs.remove(id),
-                };
-                (key, old)
+        match docs.get_key_value_mut(id) {
+            Some((key, slot)) => {
+                let old = std::mem::replace(&mut slot.doc, doc);
+                if !slot.touched {
+                    slot.touched = true;
+                    self.before.push((ns, Arc::clone(key), old));
+                }
             }
             None => {
                 let key: Id = id.into();
-                if let Some(doc) = doc {
-                    docs.insert(Arc::clone(&key), doc);
-                }
-                (key, None)
+                self.before.push((ns, Arc::clone(&key), None));
+                docs.insert(key, Slot { doc, touched: true });
             }
-        };
-        self.before.entry((ns, key)).or_insert(old);
+        }
     }
 
     fn apply(&mut self, event: &ChangeEvent, stats: &DocumentStats) {
@@ -399,7 +426,7 @@ impl State {
                 }
             }
             OperationType::Update if has_id => {
-                let previous = self.docs_of(ns_number).get(id.as_slice());
+                let previous = self.version(ns_number, &id);
                 let delta = event.update_description_bytes();
                 let post_image = || event.full_document().and_then(Result::ok);
                 let next = match (previous, delta) {
@@ -429,28 +456,28 @@ impl State {
             }
             OperationType::Update => DocumentStats::bump(&stats.unapplied),
             OperationType::Delete if has_id => {
-                if !self.docs_of(ns_number).contains_key(id.as_slice()) {
+                if self.version(ns_number, &id).is_none() {
                     DocumentStats::bump(&stats.deletes_of_unknown);
                 }
                 self.set(ns_number, &id, None);
                 DocumentStats::bump(&stats.applied);
             }
             OperationType::Drop | OperationType::SnapshotReset => {
-                self.retract_namespaces(|n| n == ns_number, |_| false)
+                self.retract_namespaces(|n| n == ns_number, |_| false);
             }
             OperationType::DropDatabase => {
                 let prefix = format!("{}.", ns.db);
-                self.retract_namespaces(|_| false, |name| name.starts_with(&prefix))
+                self.retract_namespaces(|_| false, |name| name.starts_with(&prefix));
             }
             OperationType::Rename => match event.to() {
                 Some(to) => {
                     let target = self.ns_number(&to);
-                    let moved = std::mem::take(&mut self.docs[ns_number as usize]);
-                    for (id, doc) in moved {
-                        self.before
-                            .entry((ns_number, Arc::clone(&id)))
-                            .or_insert(Some(doc.clone()));
-                        self.set(target, &id, Some(doc));
+                    if target != ns_number {
+                        // As `renameCollection` with `dropTarget`: the target's documents go.
+                        self.take_namespace(target);
+                        for (id, doc) in self.take_namespace(ns_number) {
+                            self.set(target, &id, Some(doc));
+                        }
                     }
                 }
                 None => DocumentStats::bump(&stats.unapplied),
@@ -461,13 +488,28 @@ impl State {
         self.id_buf = id;
     }
 
+    /// Removes every live document of namespace `ns` (remembering each one's version before
+    /// the current time) and returns them.
+    fn take_namespace(&mut self, ns: u32) -> Vec<(Id, Document)> {
+        let mut taken = Vec::new();
+        for (id, slot) in self.docs[ns as usize].iter_mut() {
+            let doc = slot.doc.take();
+            if !slot.touched {
+                slot.touched = true;
+                self.before.push((ns, Arc::clone(id), doc.clone()));
+            }
+            if let Some(doc) = doc {
+                taken.push((Arc::clone(id), doc));
+            }
+        }
+        taken
+    }
+
     /// Retracts every document of the namespaces whose number or name matches.
     fn retract_namespaces(&mut self, number: impl Fn(u32) -> bool, name: impl Fn(&str) -> bool) {
         for n in 0..self.names.len() {
             if number(n as u32) || name(&self.names[n]) {
-                for (id, doc) in std::mem::take(&mut self.docs[n]) {
-                    self.before.entry((n as u32, id)).or_insert(Some(doc));
-                }
+                self.take_namespace(n as u32);
             }
         }
     }
@@ -475,7 +517,7 @@ impl State {
 
 /// A stable hash of a key, for spreading keyed data over workers (the same in every process:
 /// no random seed).
-pub(crate) fn hash_of<T: Hash>(value: &T) -> u64 {
+pub(crate) fn hash_of<T: Hash + ?Sized>(value: &T) -> u64 {
     let mut h = crate::fxhash::FxHasher::default();
     value.hash(&mut h);
     h.finish()

@@ -1,10 +1,11 @@
 //! Group-by views: count, sum, min, max and avg per key, maintained incrementally.
 //!
 //! ```text
-//!   Documents ──filter ns──▶ map: document ─▶ (key row, input values)   one pass per document
+//!   Documents ──filter ns──▶ map: document ─▶ keys ++ inputs (one row)    one pass per document
 //!                                   │
-//!                                   ▼ exchange by key
+//!                                   ▼ exchange by key (not hashed with one worker)
 //!                         [GroupAggregate]  per key: count, exact sums, value multisets
+//!                                   │   (a slab of groups, found through one hash per row)
 //!                                   │   stash by time; at a closed time apply its changes and
 //!                                   ▼   emit (old row, -1), (new row, +1) per changed key
 //!                  View: Collection<(Row, ClusterTime, isize)>   row = keys ++ aggregates
@@ -202,13 +203,12 @@ impl GroupBy {
         Arc::clone(&self.stats)
     }
 
-    /// Reads the key row and aggregate inputs of one document, in one pass over its elements.
-    fn read(&self, doc: &Document, fields: &[Field], strings: &mut Interner) -> (Row, Row) {
-        let mut values = extract_row_interned(doc.as_bytes(), fields, strings, |_| {
+    /// Reads the key columns and then the aggregate inputs of one document, in one pass over its
+    /// elements, into one row: `keys ++ inputs`.
+    fn read(&self, doc: &Document, fields: &[Field], strings: &mut Interner) -> Row {
+        extract_row_interned(doc.as_bytes(), fields, strings, |_| {
             self.stats.type_mismatches.fetch_add(1, Ordering::Relaxed);
-        });
-        let inputs = values.split_off(self.keys.len());
-        (values, inputs)
+        })
     }
 
     /// Every field the view reads: keys, then one per aggregate (`Count` reads nothing).
@@ -239,15 +239,21 @@ impl GroupBy {
             (key.ns() == &*ns).then(|| spec.read(&doc, &fields, &mut strings))
         });
         let spec = self.clone();
+        let width = self.keys.len();
+        // One worker needs no routing: skip hashing every contribution's key.
+        let peers = contributions.inner.scope().peers();
         contributions
             .inner
             .unary_frontier(
-                Exchange::new(|((keys, _), _, _): &((Row, Row), ClusterTime, isize)| hash_of(keys)),
+                Exchange::new(
+                    move |(row, _, _): &(Row, ClusterTime, isize)| {
+                        if peers > 1 { hash_of(&row[..width]) } else { 0 }
+                    },
+                ),
                 "GroupAggregate",
                 move |_, _| {
-                    let mut stash: TimeStash<((Row, Row), isize)> = TimeStash::new();
-                    let mut groups: FxHashMap<Row, Group> = FxHashMap::default();
-                    let mut before: FxHashMap<Row, Option<Row>> = FxHashMap::default();
+                    let mut stash: TimeStash<(Row, isize)> = TimeStash::new();
+                    let mut groups = Groups::default();
                     move |(input, frontier), output| {
                         input.for_each(|cap, data| {
                             stash.stash(&cap, 0, data.drain(..).map(|(d, t, r)| (t, (d, r))));
@@ -256,47 +262,90 @@ impl GroupBy {
                             let mut session = output.session(&closed.cap);
                             let mut records = closed.records.into_iter().peekable();
                             while let Some(&(time, _)) = records.peek() {
-                                while let Some((_, ((keys, inputs), diff))) =
+                                while let Some((_, (row, diff))) =
                                     records.next_if(|(t, _)| *t == time)
                                 {
-                                    let group = match groups.get_mut(&keys) {
-                                        Some(group) => group,
-                                        None => groups
-                                            .entry(keys.clone())
-                                            .or_insert_with(|| Group::new(&spec.aggregates)),
-                                    };
-                                    if let std::collections::hash_map::Entry::Vacant(slot) =
-                                        before.entry(keys)
-                                    {
-                                        let old = group.row(slot.key(), &spec);
-                                        slot.insert(old);
-                                    }
-                                    group.update(&inputs, diff, &spec.aggregates);
+                                    let (keys, inputs) = row.split_at(width.min(row.len()));
+                                    groups.update(keys, inputs, diff, &spec);
                                 }
-                                for (keys, old) in before.drain() {
-                                    let (new, emptied) = match groups.get(&keys) {
-                                        Some(g) => (g.row(&keys, &spec), g.count == 0),
-                                        None => (None, false),
-                                    };
-                                    if emptied {
-                                        groups.remove(&keys);
-                                    }
-                                    if old == new {
-                                        continue;
-                                    }
-                                    if let Some(old) = old {
-                                        session.give((old, time, -1));
-                                    }
-                                    if let Some(new) = new {
-                                        session.give((new, time, 1));
-                                    }
-                                }
+                                groups.drain_changes(&spec, |row, diff| {
+                                    session.give((row, time, diff))
+                                });
                             }
                         }
                     }
                 },
             )
             .as_collection()
+    }
+}
+
+/// One worker's groups of one view, and the groups touched in the time being applied.
+///
+/// Groups live in a slab (`slots`) found through `index`, so a contribution hashes its key
+/// once; a group records whether the current time touched it, so the time's changes are a
+/// list of slot numbers, not a second map.
+#[derive(Default)]
+struct Groups {
+    index: FxHashMap<Row, u32>,
+    slots: Vec<Group>,
+    /// Slots of groups that emptied, for reuse.
+    free: Vec<u32>,
+    /// Groups touched in the current time, with their row before it.
+    touched: Vec<(u32, Option<Row>)>,
+}
+
+impl Groups {
+    /// Adds one contribution (`keys`, `inputs`) with multiplicity `diff`.
+    fn update(&mut self, keys: &[Value], inputs: &[Value], diff: isize, spec: &GroupBy) {
+        let slot = match self.index.get(keys) {
+            Some(&slot) => slot,
+            None => {
+                let group = Group::new(keys.to_vec(), &spec.aggregates);
+                let slot = match self.free.pop() {
+                    Some(slot) => {
+                        self.slots[slot as usize] = group;
+                        slot
+                    }
+                    None => {
+                        self.slots.push(group);
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                self.index.insert(keys.to_vec(), slot);
+                slot
+            }
+        };
+        let group = &mut self.slots[slot as usize];
+        if !group.touched {
+            group.touched = true;
+            self.touched.push((slot, group.row(spec)));
+        }
+        group.update(inputs, diff, &spec.aggregates);
+    }
+
+    /// Emits `(old row, -1)` and `(new row, +1)` for every group whose row the current time
+    /// changed, and forgets groups that emptied.
+    fn drain_changes(&mut self, spec: &GroupBy, mut emit: impl FnMut(Row, isize)) {
+        for (slot, old) in self.touched.drain(..) {
+            let group = &mut self.slots[slot as usize];
+            group.touched = false;
+            let new = group.row(spec);
+            if group.count == 0 {
+                self.index.remove(&group.keys);
+                group.partials = Vec::new();
+                self.free.push(slot);
+            }
+            if old == new {
+                continue;
+            }
+            if let Some(old) = old {
+                emit(old, -1);
+            }
+            if let Some(new) = new {
+                emit(new, 1);
+            }
+        }
     }
 }
 
@@ -332,19 +381,24 @@ impl Partial {
 /// Running state of one group.
 #[derive(Clone, Debug)]
 struct Group {
+    keys: Row,
     count: i64,
     partials: Vec<Partial>,
+    /// Whether the time being applied has changed this group.
+    touched: bool,
 }
 
 impl Group {
-    fn new(aggregates: &[Aggregate]) -> Self {
+    fn new(keys: Row, aggregates: &[Aggregate]) -> Self {
         Group {
+            keys,
             count: 0,
             partials: vec![Partial::default(); aggregates.len()],
+            touched: false,
         }
     }
 
-    fn update(&mut self, inputs: &Row, diff: isize, aggregates: &[Aggregate]) {
+    fn update(&mut self, inputs: &[Value], diff: isize, aggregates: &[Aggregate]) {
         let diff = diff as i64;
         self.count += diff;
         for ((partial, agg), value) in self.partials.iter_mut().zip(aggregates).zip(inputs) {
@@ -375,12 +429,12 @@ impl Group {
     }
 
     /// The group's current row, or `None` if it holds no documents.
-    fn row(&self, keys: &Row, spec: &GroupBy) -> Option<Row> {
+    fn row(&self, spec: &GroupBy) -> Option<Row> {
         if self.count <= 0 {
             return None;
         }
-        let mut row = Vec::with_capacity(keys.len() + self.partials.len());
-        row.extend_from_slice(keys);
+        let mut row = Vec::with_capacity(self.keys.len() + self.partials.len());
+        row.extend_from_slice(&self.keys);
         for (partial, agg) in self.partials.iter().zip(&spec.aggregates) {
             row.push(match agg.kind {
                 AggregateKind::Count => Value::Int(self.count),

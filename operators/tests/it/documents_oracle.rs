@@ -4,7 +4,8 @@
 //! Random streams over a few `_id`s include inserts, replaces, deletes, updates with dotted
 //! paths, array index sets and appends, removals, truncations, disambiguated numeric field names,
 //! several events (a transaction) at one cluster time updating the same document, updates with
-//! and without `fullDocument`, and a namespace drop.
+//! and without `fullDocument`, a namespace drop, and a rename to another collection (replacing
+//! what an earlier rename left there), possibly inside a transaction that also writes.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,8 @@ enum Step {
         id: i32,
     },
     Drop,
+    /// `shop.orders` renamed to `shop.archive`.
+    Rename,
 }
 
 fn steps() -> impl Strategy<Value = Vec<(Step, bool)>> {
@@ -43,6 +46,7 @@ fn steps() -> impl Strategy<Value = Vec<(Step, bool)>> {
         6 => (0..4i32, 0..9u8, -3..40i32, any::<bool>()).prop_map(|(id, kind, value, with_full_document)| Step::Update { id, kind, value, with_full_document }),
         2 => (0..4i32).prop_map(|id| Step::Delete { id }),
         1 => Just(Step::Drop),
+        1 => Just(Step::Rename),
     ];
     // The bool says whether the step shares the previous step's cluster time (a transaction).
     prop::collection::vec((step, prop::bool::weighted(0.35)), 1..40)
@@ -144,6 +148,11 @@ fn events(steps: &[(Step, bool)]) -> Vec<BsonDoc> {
                 header("delete", Some(*id))
             }
             Step::Drop => header("drop", None),
+            Step::Rename => {
+                let mut e = header("rename", None);
+                e.insert("to", doc! { "db": "shop", "coll": "archive" });
+                e
+            }
         };
         model.apply(&event).expect("reference applies");
         out.push(event);
