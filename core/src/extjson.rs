@@ -1,7 +1,9 @@
 //! MongoDB Extended JSON (v2, relaxed and canonical) straight to BSON bytes, and back.
 //!
 //! [`transcode`] streams over the JSON text with `serde_json`'s parser and writes BSON as it
-//! goes: no `serde_json::Value`, no `bson::Bson` on the way. Its output is byte for byte what the
+//! goes: no `serde_json::Value`, no `bson::Bson` on the way. A hand-written scanner ([`scan`])
+//! takes the common shapes first, and declines anything it does not read exactly as the serde
+//! path does. Its output is byte for byte what the
 //! `bson` crate's own route gives (`serde_json::from_slice::<Value>`, then
 //! `bson::Document::try_from(map)`, then `to_vec()`), and it accepts and rejects the same texts.
 //! Field order is always the input's; bson's route keeps it only with `serde_json`'s
@@ -82,6 +84,8 @@ const INDEX_THRESHOLD: usize = 32;
 use crate::calendar::{civil_from_days, days_from_civil};
 use crate::raw::kind as ty;
 
+mod scan;
+
 /// Transcodes one Extended JSON document (an object) into BSON bytes appended to `out`
 /// (the caller clears `out` first if it wants only this document).
 ///
@@ -134,6 +138,16 @@ fn run(json: &[u8], ctx: &mut Ctx) -> Result<(), ExtJsonError> {
     let Ok(text) = std::str::from_utf8(json) else {
         return run_deduplicated(json, ctx, start);
     };
+    // The common shapes go through the hand-written scanner; it declines the rest.
+    if scan::transcode(text, ctx).is_some() {
+        return Ok(());
+    }
+    ctx.out.truncate(start);
+    run_serde(json, text, ctx, start)
+}
+
+/// The serde path (the reference for [`scan`]), on text that is UTF-8.
+fn run_serde(json: &[u8], text: &str, ctx: &mut Ctx, start: usize) -> Result<(), ExtJsonError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let parsed = TopSeed { ctx: &mut *ctx }
         .deserialize(&mut de)
@@ -1952,6 +1966,59 @@ mod tests {
         }
     }
 
+    /// Change events as the workload generator and `mongoexport` write them: the scanner
+    /// answers them (no serde fallback on the hot path), with bson's bytes.
+    #[test]
+    fn scanner_answers_change_events() {
+        let lines = [
+            r#"{"_id":{"_data":"826553F100000000012B0229296E04"},"operationType":"insert","clusterTime":{"$timestamp":{"t":1700000000,"i":1}},"wallTime":{"$date":"2023-11-14T22:13:20.001Z"},"fullDocument":{"_id":{"$oid":"6553f10015780b2e0c2ec716"},"customer_id":356,"region":"us-west","status":"pending","amount":100.15,"items":[{"sku":"SKU-00725","qty":1,"price":13.36},{"sku":"SKU-00319","qty":3,"price":-28.9}],"ts":{"$date":"2023-11-14T22:13:20.001Z"}},"ns":{"db":"shop","coll":"orders"},"documentKey":{"_id":{"$oid":"6553f10015780b2e0c2ec716"}}}"#,
+            r#"{"_id":{"_data":"826553F104000000012B0229296E04"},"operationType":"update","clusterTime":{"$timestamp":{"t":1700000004,"i":1}},"wallTime":{"$date":"2023-11-14T22:13:24.001Z"},"lsid":{"id":{"$binary":{"base64":"ZYmvc5jbSUq2xgYwqe0PzQ==","subType":"04"}},"uid":{"$binary":{"base64":"fjoRbYbZBGGhmeQ5MlMXrqFgswNHrbjsZF7s4n/c5v0=","subType":"00"}}},"txnNumber":{"$numberLong":"1"},"ns":{"db":"shop","coll":"orders"},"documentKey":{"_id":{"$oid":"6553f10215780b2e0c2ec71b"}},"updateDescription":{"updatedFields":{"items.0.price":1.32,"amount":0.5},"removedFields":["status"],"truncatedArrays":[{"field":"items","newSize":1}]}}"#,
+            r#"{ "_id" : { "_data" : "8200000001" }, "operationType" : "delete", "clusterTime" : { "$timestamp" : { "t" : 1, "i" : 5 } }, "ns" : { "db" : "shop", "coll" : "orders" }, "documentKey" : { "_id" : -7 }, "n" : null, "b" : [true, false, [], {}] }"#,
+        ];
+        for line in lines {
+            let mut fast = Ctx {
+                out: Vec::new(),
+                err: None,
+            };
+            assert!(
+                scan::transcode(line, &mut fast).is_some(),
+                "declined: {line}"
+            );
+            assert_eq!(Some(fast.out), check(line), "{line}");
+        }
+    }
+
+    /// What the scanner declines still transcodes (or fails) exactly as bson's route.
+    #[test]
+    fn scanner_declines_what_it_does_not_read_exactly() {
+        let lines = [
+            r#"{"a": "esc\"aped"}"#,
+            r#"{"a": 1e5}"#,
+            r#"{"a": 1234567890123456.5}"#,
+            r#"{"a": 1, "a": 2}"#,
+            r#"{"a": {"x": 1, "$oid": "65a1b2c3d4e5f60718293a4b"}}"#,
+            r#"{"a": {"$oid": "65a1b2c3d4e5f60718293a4b", "$oid": "65a1b2c3d4e5f60718293a4c"}}"#,
+            r#"{"a": {"$oid": "xyz"}}"#,
+            r#"{"a": {"$scope": {}, "$code": "f"}}"#,
+            r#"{"a": 01}"#,
+            r#"{"a": 1.}"#,
+            r#"{"a": -}"#,
+            r#"{"a": [1, 2,]}"#,
+            r#"{"a": 1} x"#,
+        ];
+        for line in lines {
+            let mut fast = Ctx {
+                out: Vec::new(),
+                err: None,
+            };
+            assert!(
+                scan::transcode(line, &mut fast).is_none(),
+                "answered: {line}"
+            );
+            same_bytes(line).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
     // --- generators -------------------------------------------------------------------------
 
     /// A generated JSON value: text, or a container rendered with sorted unique keys (`exact`)
@@ -2097,6 +2164,9 @@ mod tests {
                 "0.30000000000000004",
             ])
             .prop_map(str::to_owned),
+            "-?(0|[1-9][0-9]{0,9})\\.[0-9]{1,6}",
+            "-?[0-9]{1,3}\\.?[0-9]{0,3}",
+            "-?[0-9]{14,17}(\\.[0-9])?",
             any::<f64>()
                 .prop_filter("finite", |f| f.is_finite())
                 .prop_map(|f| serde_json::to_string(&f).expect("finite")),
@@ -2399,6 +2469,19 @@ mod tests {
             let json = doc.to_json(false);
             if let Err(e) = same_sorted(&json) {
                 prop_assert!(false, "{}", e);
+            }
+        }
+
+        /// Wherever the scanner answers, its bytes are the serde path's.
+        #[test]
+        fn scanner_matches_the_serde_path(doc in document(false), exact in prop::bool::ANY) {
+            let json = doc.to_json(exact);
+            let mut fast = Ctx { out: Vec::new(), err: None };
+            if scan::transcode(&json, &mut fast).is_some() {
+                let mut slow = Ctx { out: Vec::new(), err: None };
+                let result = run_serde(json.as_bytes(), &json, &mut slow, 0);
+                prop_assert!(result.is_ok(), "{}: scanner answered, serde path failed: {:?}", json, result);
+                prop_assert_eq!(fast.out, slow.out, "{}", json);
             }
         }
 
