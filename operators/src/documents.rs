@@ -273,6 +273,7 @@ pub fn document_state<'scope>(
                                 session.give(((key, doc), time, diff))
                             });
                         }
+                        stash.recycle(records);
                     }
                 }
             },

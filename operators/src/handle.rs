@@ -31,6 +31,12 @@ use timely::dataflow::operators::generic::Operator;
 use crate::fxhash::FxHashMap;
 use crate::stash::TimeStash;
 
+/// The (empty) output of a consumer of closed times ([`on_closed_times`], [`ViewHandle::attach`]).
+/// Its frontier passes a time once the consumer has taken that time's changes, so probing it
+/// tells when the view has been read up to a time. Prefer it to probing the view itself: a
+/// second consumer of the view would copy every change for the probe.
+pub type Done<'scope> = timely::dataflow::Stream<'scope, ClusterTime, Vec<()>>;
+
 /// Calls `callback(time, changes)` for every closed time with changes, in time order, on worker
 /// 0; `changes` are consolidated, retractions before insertions, each group sorted by row.
 /// `on_frontier(frontier)` is told, on worker 0, each time the closed frontier moves (`None`:
@@ -39,7 +45,8 @@ pub fn on_closed_times<'scope, D, F, G>(
     view: VecCollection<'scope, ClusterTime, D, isize>,
     mut callback: F,
     on_frontier: G,
-) where
+) -> Done<'scope>
+where
     D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static,
     F: FnMut(ClusterTime, &[(D, isize)]) + 'static,
     G: FnMut(Option<ClusterTime>) + 'static,
@@ -55,7 +62,8 @@ pub fn on_closed_batches<'scope, D, F, G>(
     view: VecCollection<'scope, ClusterTime, D, isize>,
     mut callback: F,
     on_frontier: G,
-) where
+) -> Done<'scope>
+where
     D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static,
     F: FnMut(ClusterTime, &[(D, isize)]) + 'static,
     G: FnMut(Option<ClusterTime>) + 'static,
@@ -70,7 +78,8 @@ fn on_closed<'scope, D, F, G>(
     per_time: bool,
     mut callback: F,
     mut on_frontier: G,
-) where
+) -> Done<'scope>
+where
     D: Ord + Clone + Serialize + DeserializeOwned + Send + 'static,
     F: FnMut(ClusterTime, &mut Vec<(D, isize)>) + 'static,
     G: FnMut(Option<ClusterTime>) + 'static,
@@ -91,7 +100,8 @@ fn on_closed<'scope, D, F, G>(
                     });
                     if let Some(closed) = stash.take_closed(frontier) {
                         let mut changes = Vec::new();
-                        let mut records = closed.records.into_iter().peekable();
+                        let mut buffer = closed.records;
+                        let mut records = buffer.drain(..).peekable();
                         while let Some((time, change)) = records.next() {
                             changes.clear();
                             changes.push(change);
@@ -112,6 +122,8 @@ fn on_closed<'scope, D, F, G>(
                                 callback(last, &mut changes);
                             }
                         }
+                        drop(records);
+                        stash.recycle(buffer);
                     }
                     let now = frontier.frontier().iter().next().copied();
                     if leader && reported != Some(now) {
@@ -120,7 +132,7 @@ fn on_closed<'scope, D, F, G>(
                     }
                 }
             },
-        );
+        )
 }
 
 /// Calls `callback(time, records)` on worker 0 for every closed time of a timed stream (records
@@ -162,7 +174,8 @@ pub fn on_closed_records<'scope, D, F>(
                     stash.stash(&cap, 0, data.drain(..).map(|(d, t)| (t, d)))
                 });
                 if let Some(closed) = stash.take_closed(frontier) {
-                    let mut records = closed.records.into_iter().peekable();
+                    let mut buffer = closed.records;
+                    let mut records = buffer.drain(..).peekable();
                     while let Some(&(time, _)) = records.peek() {
                         batch.clear();
                         while let Some((_, record)) = records.next_if(|(t, _)| *t == time) {
@@ -170,6 +183,8 @@ pub fn on_closed_records<'scope, D, F>(
                         }
                         callback(time, &batch);
                     }
+                    drop(records);
+                    stash.recycle(buffer);
                 }
             }
         },
@@ -256,7 +271,11 @@ impl<D: Ord + Hash + Clone + Serialize + DeserializeOwned + Send + 'static> View
     }
 
     /// Feeds this handle from `view` (call on every worker; worker 0 keeps the contents).
-    pub fn attach<'scope>(&self, view: VecCollection<'scope, ClusterTime, D, isize>) {
+    /// Probe the returned [`Done`] stream to know when the handle has applied a time.
+    pub fn attach<'scope>(
+        &self,
+        view: VecCollection<'scope, ClusterTime, D, isize>,
+    ) -> Done<'scope> {
         let apply = self.clone();
         let frontier = self.clone();
         on_closed(
@@ -292,7 +311,7 @@ impl<D: Ord + Hash + Clone + Serialize + DeserializeOwned + Send + 'static> View
                 }
                 cvar.notify_all();
             },
-        );
+        )
     }
 
     /// The view as of the last closed time.

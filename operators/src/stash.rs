@@ -31,6 +31,9 @@ pub(crate) struct Closed<D> {
 pub(crate) struct TimeStash<D> {
     held: Option<Capability<ClusterTime>>,
     pending: Vec<(ClusterTime, D)>,
+    /// An empty buffer handed back by [`TimeStash::recycle`], reused for the next closed
+    /// records: batches are large, and a fresh large allocation per batch costs page faults.
+    spare: Vec<(ClusterTime, D)>,
 }
 
 impl<D> TimeStash<D> {
@@ -38,6 +41,7 @@ impl<D> TimeStash<D> {
         TimeStash {
             held: None,
             pending: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -83,11 +87,12 @@ impl<D> TimeStash<D> {
         if closed == 0 {
             return None;
         }
-        let records = if closed == self.pending.len() {
-            std::mem::take(&mut self.pending)
+        let mut records = std::mem::take(&mut self.spare);
+        if closed == self.pending.len() {
+            std::mem::swap(&mut records, &mut self.pending);
         } else {
-            self.pending.drain(..closed).collect()
-        };
+            records.extend(self.pending.drain(..closed));
+        }
         let cap = self.held.as_ref()?.clone();
         match self.pending.first().map(|(t, _)| *t) {
             Some(next) => {
@@ -98,5 +103,14 @@ impl<D> TimeStash<D> {
             None => self.held = None,
         }
         Some(Closed { cap, records })
+    }
+
+    /// Hands back the records of a [`Closed`] once they are used (emptying them), so that
+    /// their buffer is reused.
+    pub(crate) fn recycle(&mut self, mut records: Vec<(ClusterTime, D)>) {
+        records.clear();
+        if records.capacity() > self.spare.capacity() {
+            self.spare = records;
+        }
     }
 }

@@ -338,6 +338,7 @@ pub fn transactions(events: EventStream<'_>) -> Transactions<'_> {
                             events = rest;
                         }
                     }
+                    stash.recycle(records);
                 }
             },
         );

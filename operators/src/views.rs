@@ -260,7 +260,8 @@ impl GroupBy {
                         });
                         if let Some(closed) = stash.take_closed(frontier) {
                             let mut session = output.session(&closed.cap);
-                            let mut records = closed.records.into_iter().peekable();
+                            let mut buffer = closed.records;
+                            let mut records = buffer.drain(..).peekable();
                             while let Some(&(time, _)) = records.peek() {
                                 while let Some((_, (row, diff))) =
                                     records.next_if(|(t, _)| *t == time)
@@ -272,6 +273,8 @@ impl GroupBy {
                                     session.give((row, time, diff))
                                 });
                             }
+                            drop(records);
+                            stash.recycle(buffer);
                         }
                     }
                 },

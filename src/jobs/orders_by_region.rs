@@ -30,6 +30,7 @@ use changeflow_sources::commit_time::GroupingCounts;
 use changeflow_sources::live::{self, LiveOptions, WatchTarget};
 use changeflow_sources::reader::{BadInputPolicy, ReaderOptions};
 use changeflow_sources::replay::{ReplayOptions, replay};
+use timely::dataflow::operators::Probe;
 
 use crate::runtime;
 
@@ -204,10 +205,10 @@ pub fn run(options: &OrdersOptions) -> Result<OrdersReport, JobError> {
                         |_| {},
                     );
                 }
-                v1_handle.attach(view1.clone());
-                v2_handle.attach(view2.clone());
-                let (probe, _) = view1.probe();
-                view2.probe_with(&probe);
+                // Probing what the handles have applied, not the views, keeps each view at one
+                // consumer (no copy of its changes for a probe).
+                let (probe, _) = v1_handle.attach(view1).probe();
+                v2_handle.attach(view2).probe_with(&probe);
                 probe
             });
             runtime::drive(worker, &probe, std::slice::from_ref(&status))

@@ -869,7 +869,8 @@ fn group<'scope>(
                         return;
                     };
                     let mut session = output.session(&closed.cap);
-                    let mut records = closed.records.into_iter().peekable();
+                    let mut buffer = closed.records;
+                    let mut records = buffer.drain(..).peekable();
                     while let Some(&(time, _)) = records.peek() {
                         while let Some((_, ((key, pos, args), diff))) =
                             records.next_if(|(t, _)| *t == time)
@@ -918,6 +919,8 @@ fn group<'scope>(
                             }
                         }
                     }
+                    drop(records);
+                    stash.recycle(buffer);
                 }
             },
         )
