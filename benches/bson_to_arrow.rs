@@ -177,6 +177,7 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
 }
 
 fn main() {
+    changeflow::runtime::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let runs = arg(&args, "--runs", 3);
     let flat_docs: Vec<Vec<u8>> = (0..arg(&args, "--flat", 400_000) as u64)

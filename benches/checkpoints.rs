@@ -179,6 +179,7 @@ fn restart(work: &Path) -> (f64, f64, usize) {
 }
 
 fn main() {
+    changeflow::runtime::keep_freed_memory();
     let events: usize = arg("--events")
         .and_then(|e| e.parse().ok())
         .unwrap_or(1_000_000);

@@ -253,6 +253,7 @@ fn child(which: &str, input: &Path, out: &Path) -> (f64, u64, i64) {
 }
 
 fn main() {
+    changeflow::runtime::keep_freed_memory();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target")
         .join("bench-data");

@@ -85,6 +85,7 @@ fn run(events: &[ChangeEvent], variant: Variant) -> f64 {
 }
 
 fn main() {
+    changeflow::runtime::keep_freed_memory();
     let events: usize = arg("--events")
         .and_then(|e| e.parse().ok())
         .unwrap_or(1_000_000);

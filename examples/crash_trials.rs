@@ -52,6 +52,7 @@ struct Child {
 }
 
 fn main() -> ExitCode {
+    changeflow::runtime::keep_freed_memory();
     let mut argv = std::env::args();
     if argv.nth(1).as_deref() == Some("follow") {
         let child = Child::parse_from(std::env::args().skip(1));

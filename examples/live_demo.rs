@@ -34,6 +34,7 @@ const BURSTS: usize = 6;
 const EVENTS_PER_BURST: usize = 2_000;
 
 fn main() -> std::process::ExitCode {
+    changeflow::runtime::keep_freed_memory();
     let server = match ChangeStreamServer::start() {
         Ok(server) => std::sync::Arc::new(server),
         Err(e) => {

@@ -402,6 +402,7 @@ pub struct Args {
 /// Runs the job from command-line arguments and prints a summary; the exit code is 1 if the
 /// invariant was ever broken or the job failed.
 pub fn main_with(args: Args) -> std::process::ExitCode {
+    crate::runtime::keep_freed_memory();
     let out = args.out.unwrap_or_else(|| {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("target")

@@ -298,6 +298,7 @@ fn parse_time(text: &str) -> Option<ClusterTime> {
 
 /// Runs `changeflow follow`; prints a one-line report; exit code 1 on failure.
 pub fn main_with(args: Args) -> std::process::ExitCode {
+    crate::runtime::keep_freed_memory();
     let mut live = LiveOptions::new(&args.uri, WatchTarget::collection(&args.db, &args.coll));
     if let Some(text) = &args.start_at {
         match parse_time(text) {

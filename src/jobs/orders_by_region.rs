@@ -349,6 +349,7 @@ pub fn live_options(args: &Args) -> Result<Option<LiveOptions>, String> {
 /// Runs the job from command-line arguments, printing V1 and a summary; the exit code is 1 on
 /// failure, with the error on stderr.
 pub fn main_with(args: Args) -> std::process::ExitCode {
+    crate::runtime::keep_freed_memory();
     let live = match live_options(&args) {
         Ok(live) => live,
         Err(message) => {

@@ -225,6 +225,7 @@ pub struct Args {
 /// Runs the job from command-line arguments and prints where the files are and how to query
 /// them with DuckDB; the exit code is 1 on failure, with the error on stderr.
 pub fn main_with(args: Args) -> std::process::ExitCode {
+    crate::runtime::keep_freed_memory();
     let input = args.input.unwrap_or_else(bundled_sample);
     let out = args.out.unwrap_or_else(|| {
         Path::new(env!("CARGO_MANIFEST_DIR"))

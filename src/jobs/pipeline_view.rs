@@ -465,6 +465,7 @@ pub struct Args {
 
 /// Runs `changeflow view`: exit code 2 for an invalid pipeline, 1 for other failures.
 pub fn main_with(args: Args) -> std::process::ExitCode {
+    crate::runtime::keep_freed_memory();
     let input = args.input.clone().unwrap_or_default();
     let mut options = ViewOptions::new(&input, &args.ns, &args.pipeline);
     options.follow = args.follow;
