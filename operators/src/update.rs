@@ -140,13 +140,14 @@ impl<'a> Node<'a> {
         path: &str,
     ) -> Result<Option<&mut Node<'a>>, ApplyError> {
         self.expand()?;
-        let conflict = ApplyError::PathConflict {
+        let found = self.kind_name();
+        let conflict = || ApplyError::PathConflict {
             path: path.into(),
-            found: self.kind_name(),
+            found,
         };
         match self {
             Node::Doc(fields) => {
-                let name = c.field().ok_or(conflict)?;
+                let name = c.field().ok_or_else(conflict)?;
                 match fields.iter().position(|(k, _)| k == name) {
                     Some(p) => Ok(Some(&mut fields[p].1)),
                     None if create => {
@@ -157,7 +158,7 @@ impl<'a> Node<'a> {
                 }
             }
             Node::Arr(items) => {
-                let index = c.index().ok_or(conflict)?;
+                let index = c.index().ok_or_else(conflict)?;
                 if index >= items.len() {
                     if !create {
                         return Ok(None);
@@ -167,27 +168,28 @@ impl<'a> Node<'a> {
                 }
                 Ok(Some(&mut items[index]))
             }
-            Node::Raw(..) => Err(conflict),
+            Node::Raw(..) => Err(conflict()),
         }
     }
 
     /// Sets the child at `last` to `value` (replacing in place, appending, or padding arrays).
     fn set(&mut self, last: &Component<'a>, value: Node<'a>, path: &str) -> Result<(), ApplyError> {
         self.expand()?;
-        let conflict = ApplyError::PathConflict {
+        let found = self.kind_name();
+        let conflict = || ApplyError::PathConflict {
             path: path.into(),
-            found: self.kind_name(),
+            found,
         };
         match self {
             Node::Doc(fields) => {
-                let name = last.field().ok_or(conflict)?;
+                let name = last.field().ok_or_else(conflict)?;
                 match fields.iter_mut().find(|(k, _)| k == name) {
                     Some((_, slot)) => *slot = value,
                     None => fields.push((Cow::Owned(name.to_owned()), value)),
                 }
             }
             Node::Arr(items) => {
-                let index = last.index().ok_or(conflict)?;
+                let index = last.index().ok_or_else(conflict)?;
                 if index < items.len() {
                     items[index] = value;
                 } else {
@@ -195,7 +197,7 @@ impl<'a> Node<'a> {
                     items.push(value);
                 }
             }
-            Node::Raw(..) => return Err(conflict),
+            Node::Raw(..) => return Err(conflict()),
         }
         Ok(())
     }
@@ -227,18 +229,12 @@ impl<'a> Node<'a> {
             }
             Node::Doc(fields) => {
                 *kind_out = kind::DOCUMENT;
-                write_container(
-                    fields.iter().map(|(k, v)| (Cow::Borrowed(k.as_ref()), v)),
-                    out,
-                );
+                write_container(fields.iter().map(|(k, v)| (Key::Name(k), v)), out);
             }
             Node::Arr(items) => {
                 *kind_out = kind::ARRAY;
                 write_container(
-                    items
-                        .iter()
-                        .enumerate()
-                        .map(|(i, v)| (Cow::Owned(i.to_string()), v)),
+                    items.iter().enumerate().map(|(i, v)| (Key::Index(i), v)),
                     out,
                 );
             }
@@ -246,8 +242,37 @@ impl<'a> Node<'a> {
     }
 }
 
+/// The key of an element being written: a field name, or an array index (written as decimal
+/// digits without allocating a string).
+enum Key<'n> {
+    Name(&'n str),
+    Index(usize),
+}
+
+impl Key<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Key::Name(name) => out.extend_from_slice(name.as_bytes()),
+            Key::Index(i) => {
+                let mut digits = [0u8; 20];
+                let mut at = digits.len();
+                let mut n = *i;
+                loop {
+                    at -= 1;
+                    digits[at] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                out.extend_from_slice(&digits[at..]);
+            }
+        }
+    }
+}
+
 fn write_container<'n, 'a: 'n>(
-    children: impl Iterator<Item = (Cow<'n, str>, &'n Node<'a>)>,
+    children: impl Iterator<Item = (Key<'n>, &'n Node<'a>)>,
     out: &mut Vec<u8>,
 ) {
     let start = out.len();
@@ -255,7 +280,7 @@ fn write_container<'n, 'a: 'n>(
     for (key, node) in children {
         let type_at = out.len();
         out.push(0);
-        out.extend_from_slice(key.as_bytes());
+        key.write(out);
         out.push(0);
         let mut k = 0;
         node.write(&mut k, out);
@@ -298,17 +323,20 @@ fn parse_container<'a>(k: u8, bytes: Cow<'a, [u8]>) -> Result<Node<'a>, RawError
     })
 }
 
+/// The components of `path` (from `disambiguatedPaths` when it lists the path), into `out`
+/// (cleared first; one buffer serves every path of an update).
 fn split_path<'a>(
     path: &'a str,
     disambiguated: Option<&'a [u8]>,
-) -> Result<Vec<Component<'a>>, ApplyError> {
+    out: &mut Vec<Component<'a>>,
+) -> Result<(), ApplyError> {
+    out.clear();
     if let Some(list) = disambiguated.and_then(|d| raw::get(d, path).ok().flatten()) {
         let Some(items) = list.as_document().filter(|_| list.kind == kind::ARRAY) else {
             return Err(ApplyError::BadDescription(format!(
                 "disambiguatedPaths entry for `{path}` is not an array"
             )));
         };
-        let mut out = Vec::new();
         for e in raw::elements(items) {
             let e = e?;
             out.push(match (e.as_str(), e.as_i64()) {
@@ -322,9 +350,10 @@ fn split_path<'a>(
                 "disambiguatedPaths entry for `{path}` is empty"
             )));
         }
-        return Ok(out);
+        return Ok(());
     }
-    Ok(path.split('.').map(Component::Ambiguous).collect())
+    out.extend(path.split('.').map(Component::Ambiguous));
+    Ok(())
 }
 
 /// Walks `root` to the parent of the last component; `None` if a component is missing and
@@ -374,6 +403,7 @@ pub fn apply_update(before: &[u8], delta: &[u8]) -> Result<Vec<u8>, ApplyError> 
         }
     }
     let mut root = parse_container(kind::DOCUMENT, Cow::Borrowed(before))?;
+    let mut components = Vec::new();
 
     if let Some(list) = truncated {
         for entry in raw::elements(list) {
@@ -388,7 +418,7 @@ pub fn apply_update(before: &[u8], delta: &[u8]) -> Result<Vec<u8>, ApplyError> 
                     "truncatedArrays entry needs `field` and `newSize`".into(),
                 ));
             };
-            let components = split_path(field, disambiguated)?;
+            split_path(field, disambiguated, &mut components)?;
             let Some(parent) = parent(&mut root, &components, false, field)? else {
                 return Err(ApplyError::NotAnArray(field.into()));
             };
@@ -409,7 +439,7 @@ pub fn apply_update(before: &[u8], delta: &[u8]) -> Result<Vec<u8>, ApplyError> 
         for e in raw::elements(fields) {
             let e = e?;
             let path = e.key_str().ok_or(NOT_UTF8)?;
-            let components = split_path(path, disambiguated)?;
+            split_path(path, disambiguated, &mut components)?;
             let value = Node::Raw(e.kind, Cow::Borrowed(e.value));
             if let Some(parent) = parent(&mut root, &components, true, path)? {
                 parent.set(&components[components.len() - 1], value, path)?;
@@ -422,7 +452,7 @@ pub fn apply_update(before: &[u8], delta: &[u8]) -> Result<Vec<u8>, ApplyError> 
             let path = e.as_str().ok_or_else(|| {
                 ApplyError::BadDescription("removedFields entry is not a string".into())
             })?;
-            let components = split_path(path, disambiguated)?;
+            split_path(path, disambiguated, &mut components)?;
             if let Some(parent) = parent(&mut root, &components, false, path)? {
                 parent.remove(&components[components.len() - 1])?;
             }
