@@ -230,65 +230,90 @@ impl<'t> Scanner<'t, '_> {
         })
     }
 
-    fn enter(&mut self) -> Option<()> {
+    /// Reads the container that starts here (`{` or `[`) up to `close`. `each` reads one
+    /// element and says whether the container goes on (`true`), or has been read to its end by
+    /// it (`false`: a wrapper reads its own closing brace).
+    fn container(
+        &mut self,
+        close: u8,
+        mut each: impl FnMut(&mut Self) -> Option<bool>,
+    ) -> Option<()> {
         self.depth += 1;
-        (self.depth <= MAX_DEPTH).then_some(())
-    }
-
-    /// Writes the object that starts here: a document, or (when `detect` and its first key is a
-    /// wrapper key) the wrapper's value. Returns the element type.
-    fn object(&mut self, detect: bool) -> Option<u8> {
-        self.enter()?;
+        if self.depth > MAX_DEPTH {
+            return None;
+        }
         self.pos += 1;
-        let start = self.ctx.out.len();
-        self.ctx.out.extend_from_slice(&[0; 4]);
-        let first_key = self.keys.len();
         self.blank();
-        if self.peek()? == b'}' {
+        if self.peek()? == close {
             self.pos += 1;
         } else {
-            loop {
-                self.blank();
-                if self.peek()? != b'"' {
-                    return None;
-                }
-                let (s, e) = self.string()?;
-                let key = &self.b[s..e];
-                match classify(key) {
-                    KeyClass::Plain => {}
-                    KeyClass::Wrapper(w) if detect && self.keys.len() == first_key => {
-                        self.ctx.out.truncate(start);
-                        return self.wrapper(w);
-                    }
-                    // A wrapper key after others is an error, a `$scope` first may be code with
-                    // scope: the serde path decides.
-                    KeyClass::Wrapper(_) if detect => return None,
-                    KeyClass::Scope if detect && self.keys.len() == first_key => return None,
-                    KeyClass::Wrapper(_) | KeyClass::Scope => {}
-                }
-                let mine = &self.keys[first_key..];
-                if mine.len() >= MAX_KEYS || mine.iter().any(|&(a, z)| &self.b[a..z] == key) {
-                    return None;
-                }
-                self.keys.push((s, e));
-                let out = &mut self.ctx.out;
-                let elem = out.len();
-                out.push(0);
-                out.extend_from_slice(key);
-                out.push(0);
-                self.expect(b':')?;
-                let t = self.value()?;
-                self.ctx.out[elem] = t;
+            while each(self)? {
                 self.blank();
                 match self.peek()? {
                     b',' => self.pos += 1,
-                    b'}' => {
+                    c if c == close => {
                         self.pos += 1;
                         break;
                     }
                     _ => return None,
                 }
             }
+        }
+        self.depth -= 1;
+        Some(())
+    }
+
+    /// A key (the opening quote next, after blanks), then its colon; returns its span.
+    fn key(&mut self) -> Option<(usize, usize)> {
+        self.blank();
+        if self.peek()? != b'"' {
+            return None;
+        }
+        let span = self.string()?;
+        self.expect(b':')?;
+        Some(span)
+    }
+
+    /// Writes the object that starts here: a document, or (when `detect` and its first key is a
+    /// wrapper key) the wrapper's value. Returns the element type.
+    fn object(&mut self, detect: bool) -> Option<u8> {
+        let start = self.ctx.out.len();
+        self.ctx.out.extend_from_slice(&[0; 4]);
+        let first_key = self.keys.len();
+        let mut wrapped = None;
+        self.container(b'}', |scan| {
+            let (s, e) = scan.key()?;
+            let key = &scan.b[s..e];
+            let first = scan.keys.len() == first_key;
+            match classify(key) {
+                KeyClass::Plain => {}
+                KeyClass::Wrapper(w) if detect && first => {
+                    scan.ctx.out.truncate(start);
+                    wrapped = Some(scan.wrapper(w)?);
+                    return Some(false);
+                }
+                // A wrapper key after others is an error, a `$scope` first may be code with
+                // scope: the serde path decides.
+                KeyClass::Wrapper(_) if detect => return None,
+                KeyClass::Scope if detect && first => return None,
+                KeyClass::Wrapper(_) | KeyClass::Scope => {}
+            }
+            let mine = &scan.keys[first_key..];
+            if mine.len() >= MAX_KEYS || mine.iter().any(|&(a, z)| &scan.b[a..z] == key) {
+                return None;
+            }
+            scan.keys.push((s, e));
+            let out = &mut scan.ctx.out;
+            let elem = out.len();
+            out.push(0);
+            out.extend_from_slice(key);
+            out.push(0);
+            let t = scan.value()?;
+            scan.ctx.out[elem] = t;
+            Some(true)
+        })?;
+        if wrapped.is_some() {
+            return wrapped;
         }
         self.keys.truncate(first_key);
         self.finish(start);
@@ -296,40 +321,24 @@ impl<'t> Scanner<'t, '_> {
     }
 
     fn array(&mut self) -> Option<u8> {
-        self.enter()?;
-        self.pos += 1;
         let start = self.ctx.out.len();
         self.ctx.out.extend_from_slice(&[0; 4]);
-        self.blank();
-        if self.peek()? == b']' {
-            self.pos += 1;
-        } else {
-            let mut index = 0;
-            loop {
-                let elem = self.ctx.out.len();
-                self.ctx.out.push(0);
-                write_index(&mut self.ctx.out, index);
-                let t = self.value()?;
-                self.ctx.out[elem] = t;
-                index += 1;
-                self.blank();
-                match self.peek()? {
-                    b',' => self.pos += 1,
-                    b']' => {
-                        self.pos += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
-            }
-        }
+        let mut index = 0;
+        self.container(b']', |scan| {
+            let elem = scan.ctx.out.len();
+            scan.ctx.out.push(0);
+            write_index(&mut scan.ctx.out, index);
+            let t = scan.value()?;
+            scan.ctx.out[elem] = t;
+            index += 1;
+            Some(true)
+        })?;
         self.finish(start);
         Some(ty::ARRAY)
     }
 
     /// Closes the document or array that starts at `start`: terminator, then its length.
     fn finish(&mut self, start: usize) {
-        self.depth -= 1;
         let out = &mut self.ctx.out;
         out.push(0);
         // Sizes past the limit make the whole line decline (checked at the end).
@@ -337,12 +346,11 @@ impl<'t> Scanner<'t, '_> {
         out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     }
 
-    /// A wrapper object whose key `w` has been read: its body, then the closing brace.
+    /// A wrapper object whose key `w` and colon have been read: its body, then the closing
+    /// brace.
     fn wrapper(&mut self, w: super::Wrapper) -> Option<u8> {
-        self.expect(b':')?;
         let body = self.small()?;
         self.expect(b'}')?;
-        self.depth -= 1;
         let at = self.ctx.out.len();
         emit(self.ctx, w, &body, ScopeKind::Absent, at).ok()
     }
@@ -356,57 +364,20 @@ impl<'t> Scanner<'t, '_> {
                 Small::Str(Cow::Borrowed(self.text.get(s..e)?))
             }
             b'{' => {
-                self.enter()?;
-                self.pos += 1;
                 let mut entries = Vec::new();
-                self.blank();
-                if self.peek()? == b'}' {
-                    self.pos += 1;
-                } else {
-                    loop {
-                        self.blank();
-                        if self.peek()? != b'"' {
-                            return None;
-                        }
-                        let (s, e) = self.string()?;
-                        self.expect(b':')?;
-                        entries.push((Cow::Borrowed(self.text.get(s..e)?), self.small()?));
-                        self.blank();
-                        match self.peek()? {
-                            b',' => self.pos += 1,
-                            b'}' => {
-                                self.pos += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-                self.depth -= 1;
+                self.container(b'}', |scan| {
+                    let (s, e) = scan.key()?;
+                    entries.push((Cow::Borrowed(scan.text.get(s..e)?), scan.small()?));
+                    Some(true)
+                })?;
                 Small::Map(entries)
             }
             b'[' => {
-                self.enter()?;
-                self.pos += 1;
                 let mut items = Vec::new();
-                self.blank();
-                if self.peek()? == b']' {
-                    self.pos += 1;
-                } else {
-                    loop {
-                        items.push(self.small()?);
-                        self.blank();
-                        match self.peek()? {
-                            b',' => self.pos += 1,
-                            b']' => {
-                                self.pos += 1;
-                                break;
-                            }
-                            _ => return None,
-                        }
-                    }
-                }
-                self.depth -= 1;
+                self.container(b']', |scan| {
+                    items.push(scan.small()?);
+                    Some(true)
+                })?;
                 Small::Seq(items)
             }
             b't' => {
