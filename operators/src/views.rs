@@ -1,8 +1,9 @@
 //! Group-by views: count, sum, min, max and avg per key, maintained incrementally.
 //!
 //! ```text
-//!   Documents ──filter ns──▶ map: document ─▶ keys ++ inputs (one row)    one pass per document
-//!                                   │
+//!   Documents ──filter ns──▶ [GroupRead] document ─▶ keys ++ inputs (one row), one pass per
+//!                                   │      document; a change's -old/+new pair whose rows are
+//!                                   │      equal (fields the view does not read) is dropped
 //!                                   ▼ exchange by key (not hashed with one worker)
 //!                         [GroupAggregate]  per key: count, exact sums, value multisets
 //!                                   │   (a slab of groups, found through one hash per row)
@@ -47,7 +48,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use changeflow_core::{ClusterTime, Document};
 use differential_dataflow::VecCollection;
 use differential_dataflow::collection::AsCollection;
-use timely::dataflow::channels::pact::Exchange;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 
 use crate::documents::{DocKey, Documents, hash_of};
@@ -235,15 +237,32 @@ impl GroupBy {
         let ns: Arc<str> = self.namespace.as_str().into();
         let fields = self.fields();
         let mut strings = Interner::default();
-        let contributions = documents.flat_map(move |(key, doc): (DocKey, Document)| {
-            (key.ns() == &*ns).then(|| spec.read(&doc, &fields, &mut strings))
-        });
+        let contributions = documents
+            .inner
+            .unary::<CapacityContainerBuilder<Vec<Contribution>>, _, _, _>(
+                Pipeline,
+                "GroupRead",
+                move |_, _| {
+                    move |input, output| {
+                        input.for_each(|cap, data| {
+                            let mut session = output.session(&cap);
+                            let mut pairs = Pairs::default();
+                            for ((key, doc), time, diff) in data.drain(..) {
+                                if key.ns() == &*ns {
+                                    let row = spec.read(&doc, &fields, &mut strings);
+                                    pairs.push(key, row, time, diff, |c| session.give(c));
+                                }
+                            }
+                            pairs.flush(|c| session.give(c));
+                        });
+                    }
+                },
+            );
         let spec = self.clone();
         let width = self.keys.len();
         // One worker needs no routing: skip hashing every contribution's key.
-        let peers = contributions.inner.scope().peers();
+        let peers = contributions.scope().peers();
         contributions
-            .inner
             .unary_frontier(
                 Exchange::new(
                     move |(row, _, _): &(Row, ClusterTime, isize)| {
@@ -280,6 +299,52 @@ impl GroupBy {
                 },
             )
             .as_collection()
+    }
+}
+
+/// A contribution to a view: `keys ++ inputs`, its time and multiplicity.
+type Contribution = (Row, ClusterTime, isize);
+
+/// Drops the contributions of a document change that leaves the view's row alone: document
+/// state emits a changed document as `(key, old, -1)` followed by `(key, new, +1)`, and when
+/// both read the same row (an update of fields the view does not read) the pair cancels.
+/// Contributions are otherwise passed on in order, so this only saves work downstream.
+#[derive(Default)]
+struct Pairs {
+    /// A retraction, held until the next contribution shows whether it cancels.
+    held: Option<(DocKey, Row, ClusterTime)>,
+}
+
+impl Pairs {
+    fn push(
+        &mut self,
+        key: DocKey,
+        row: Row,
+        time: ClusterTime,
+        diff: isize,
+        mut give: impl FnMut(Contribution),
+    ) {
+        if diff == 1
+            && let Some((held_key, held_row, held_time)) = &self.held
+            && *held_time == time
+            && *held_key == key
+            && *held_row == row
+        {
+            self.held = None;
+            return;
+        }
+        self.flush(&mut give);
+        if diff == -1 {
+            self.held = Some((key, row, time));
+        } else {
+            give((row, time, diff));
+        }
+    }
+
+    fn flush(&mut self, mut give: impl FnMut(Contribution)) {
+        if let Some((_, row, time)) = self.held.take() {
+            give((row, time, -1));
+        }
     }
 }
 
