@@ -59,6 +59,38 @@ pub(super) fn transcode(text: &str, ctx: &mut Ctx) -> Option<()> {
     (scan.pos == scan.b.len() && scan.ctx.out.len() - start <= MAX_DOCUMENT_SIZE).then_some(())
 }
 
+/// Whether a byte ends a plain string: `"`, `\\`, or a control byte (below 0x20).
+fn is_special(c: u8) -> bool {
+    c == b'"' || c == b'\\' || c < 0x20
+}
+
+/// The position of the first [`is_special`] byte of `bytes`, read eight bytes at a time.
+///
+/// In each little-endian word, `(x - 0x01…01) & !x & 0x80…80` flags the bytes of `x` that are
+/// zero, and `(w - 0x20…20) & !w & 0x80…80` the bytes of `w` below 0x20. A borrow can flag a
+/// byte falsely only above a byte that is truly flagged, so the lowest flag is always right.
+fn special_byte(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let found = zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS);
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let rest = chunks.remainder();
+    rest.iter().position(|&c| is_special(c)).map(|i| at + i)
+}
+
 /// A number as serde_json hands it to a visitor.
 enum Number {
     U64(u64),
@@ -108,10 +140,7 @@ impl<'t> Scanner<'t, '_> {
     fn string(&mut self) -> Option<(usize, usize)> {
         self.pos += 1;
         let start = self.pos;
-        let len = self.b[start..]
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-        let end = start + len;
+        let end = start + special_byte(&self.b[start..])?;
         (self.b[end] == b'"').then(|| {
             self.pos = end + 1;
             (start, end)
@@ -399,5 +428,25 @@ impl<'t> Scanner<'t, '_> {
             },
             _ => return None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The word-at-a-time search finds what a byte-by-byte one finds.
+        #[test]
+        fn special_byte_matches_a_plain_search(
+            bytes in prop::collection::vec(
+                prop_oneof![any::<u8>(), Just(b'"'), Just(b'\\'), 0x18u8..0x24, 0x5au8..0x5f],
+                0..40,
+            )
+        ) {
+            let plain = bytes.iter().position(|&c| is_special(c));
+            prop_assert_eq!(special_byte(&bytes), plain);
+        }
     }
 }
