@@ -36,8 +36,8 @@
 //!   events up to that time: events of one time (a transaction) are applied in resume-token
 //!   order, and only the net change per document is emitted, so a document updated three times
 //!   in one transaction appears once, retracting its version before the transaction.
-//! * Each key's versions are held by exactly one worker (chosen by a hash of namespace and
-//!   `_id`); namespace-wide events go to every worker.
+//! * Each key's versions are held by exactly one worker, chosen by a hash of the `_id` alone (so
+//!   that a rename keeps every document on its worker); namespace-wide events go to every worker.
 //!
 //! # Progress tracking
 //!
@@ -176,14 +176,13 @@ impl DocumentStats {
 pub type Documents<'scope> = VecCollection<'scope, ClusterTime, (DocKey, Document), isize>;
 
 /// The routing hash of a document change (any value when there is one worker: nothing to route).
+///
+/// It hashes the `_id` alone, not the namespace: a rename moves documents to another namespace
+/// on the worker that holds them, and later events about them must be routed there.
 fn route(event: &ChangeEvent, peers: u64) -> Option<u64> {
-    let ns = event.namespace()?;
+    event.namespace()?;
     let (k, id) = event.document_id()?;
-    Some(if peers > 1 {
-        hash_of(&(&*ns.db, ns.coll.as_deref(), k, id))
-    } else {
-        0
-    })
+    Some(if peers > 1 { hash_of(&(k, id)) } else { 0 })
 }
 
 /// Maintains the live version of every document from a stream of change events (see the module

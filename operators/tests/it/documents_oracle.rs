@@ -5,7 +5,8 @@
 //! paths, array index sets and appends, removals, truncations, disambiguated numeric field names,
 //! several events (a transaction) at one cluster time updating the same document, updates with
 //! and without `fullDocument`, a namespace drop, and a rename to another collection (replacing
-//! what an earlier rename left there), possibly inside a transaction that also writes.
+//! what an earlier rename left there), possibly inside a transaction that also writes, then
+//! deletes of the renamed documents (with two workers: they must be where the delete is routed).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,10 @@ enum Step {
     Drop,
     /// `shop.orders` renamed to `shop.archive`.
     Rename,
+    /// A delete in `shop.archive` (of a document an earlier rename moved there).
+    DeleteArchived {
+        id: i32,
+    },
 }
 
 fn steps() -> impl Strategy<Value = Vec<(Step, bool)>> {
@@ -47,6 +52,7 @@ fn steps() -> impl Strategy<Value = Vec<(Step, bool)>> {
         2 => (0..4i32).prop_map(|id| Step::Delete { id }),
         1 => Just(Step::Drop),
         1 => Just(Step::Rename),
+        1 => (0..4i32).prop_map(|id| Step::DeleteArchived { id }),
     ];
     // The bool says whether the step shares the previous step's cluster time (a transaction).
     prop::collection::vec((step, prop::bool::weighted(0.35)), 1..40)
@@ -102,18 +108,19 @@ fn events(steps: &[(Step, bool)]) -> Vec<BsonDoc> {
             t += 1;
         }
         seq += 1;
-        let header = |op: &str, id: Option<i32>| {
+        let header_in = |coll: &str, op: &str, id: Option<i32>| {
             let mut d = doc! {
                 "_id": { "_data": format!("82{t:08X}{:08X}2B{seq:08X}04", 1) },
                 "operationType": op,
                 "clusterTime": bson::Timestamp { time: t, increment: 1 },
-                "ns": { "db": "shop", "coll": "orders" },
+                "ns": { "db": "shop", "coll": coll },
             };
             if let Some(id) = id {
                 d.insert("documentKey", doc! { "_id": id });
             }
             d
         };
+        let header = |op: &str, id: Option<i32>| header_in("orders", op, id);
         let event = match step {
             Step::Write { id, seed } => {
                 let live = model.get("shop.orders", &Bson::Int32(*id)).is_some();
@@ -148,6 +155,12 @@ fn events(steps: &[(Step, bool)]) -> Vec<BsonDoc> {
                 header("delete", Some(*id))
             }
             Step::Drop => header("drop", None),
+            Step::DeleteArchived { id } => {
+                if model.get("shop.archive", &Bson::Int32(*id)).is_none() {
+                    continue;
+                }
+                header_in("archive", "delete", Some(*id))
+            }
             Step::Rename => {
                 let mut e = header("rename", None);
                 e.insert("to", doc! { "db": "shop", "coll": "archive" });
@@ -269,4 +282,15 @@ fn transaction_updating_one_document_three_times_emits_one_net_change() {
         2,
         "one retraction and one insertion for the whole transaction: {at_txn:?}"
     );
+}
+
+/// With several workers, a renamed document must stay where later events about it are routed.
+#[test]
+fn renamed_documents_can_be_deleted_with_two_workers() {
+    let mut steps: Vec<(Step, bool)> = (0..8)
+        .map(|id| (Step::Write { id, seed: 1 }, false))
+        .collect();
+    steps.push((Step::Rename, false));
+    steps.extend((0..8).map(|id| (Step::DeleteArchived { id }, false)));
+    check(&steps, 2);
 }
