@@ -1,8 +1,8 @@
 //! Document state: the live version of every document, as a differential collection.
 //!
 //! ```text
-//!   Stream<ChangeEvent> ──route──▶ exchange by (ns, _id); DDL to every worker
-//!                                   │
+//!   Stream<ChangeEvent> ──route──▶ exchange by _id; DDL to every worker
+//!                                   │   (one worker: no routing operator, events pipelined)
 //!                                   ▼
 //!                      [DocumentState]  per worker: ns → _id → Document
 //!                                   │   stash by time; at a closed time apply its events in
@@ -221,6 +221,10 @@ pub fn document_state<'scope>(
     stats: Arc<DocumentStats>,
 ) -> Documents<'scope> {
     let peers = events.scope().peers() as u64;
+    // One worker holds every document: nothing to route.
+    if peers == 1 {
+        return state_operator(events, Pipeline, |record| record, stats);
+    }
     // Document changes go to the worker owning their key; namespace-wide events to every worker.
     let routed = events.unary::<CapacityContainerBuilder<Vec<Routed>>, _, _, _>(
         Pipeline,
@@ -246,37 +250,55 @@ pub fn document_state<'scope>(
             }
         },
     );
-    routed
-        .unary_frontier(
-            Exchange::new(|(r, _): &Routed| *r),
-            "DocumentState",
-            move |_, _| {
-                let mut stash: TimeStash<ChangeEvent> = TimeStash::new();
-                let mut state = State::default();
-                move |(input, frontier), output| {
-                    input.for_each(|cap, data| {
-                        stash.stash(&cap, 0, data.drain(..).map(|(_, (e, t))| (t, e)));
-                    });
-                    if let Some(closed) = stash.take_closed(frontier) {
-                        let mut session = output.session(&closed.cap);
-                        let mut records = closed.records;
-                        for chunk in records.chunk_by_mut(|a, b| a.0 == b.0) {
-                            let time = chunk[0].0;
-                            if chunk.len() > 1 {
-                                chunk.sort_by(|a, b| a.1.cmp_token(&b.1));
-                            }
-                            for (_, event) in chunk.iter() {
-                                state.apply(event, &stats);
-                            }
-                            state.drain_changes(|key, doc, diff| {
-                                session.give(((key, doc), time, diff))
-                            });
+    let pact = Exchange::new(|(r, _): &Routed| *r);
+    state_operator(routed, pact, |(_, record)| record, stats)
+}
+
+/// The `DocumentState` operator over `input`, whose records `unpack` into an event and its time,
+/// delivered through `pact` (routed by key with several workers, pipelined with one).
+fn state_operator<'scope, R, P>(
+    input: timely::dataflow::Stream<'scope, ClusterTime, Vec<R>>,
+    pact: P,
+    unpack: fn(R) -> (ChangeEvent, ClusterTime),
+    stats: Arc<DocumentStats>,
+) -> Documents<'scope>
+where
+    R: 'static,
+    P: timely::dataflow::channels::pact::ParallelizationContract<ClusterTime, Vec<R>>,
+{
+    input
+        .unary_frontier(pact, "DocumentState", move |_, _| {
+            let mut stash: TimeStash<ChangeEvent> = TimeStash::new();
+            let mut state = State::default();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    stash.stash(
+                        &cap,
+                        0,
+                        data.drain(..).map(|r| {
+                            let (e, t) = unpack(r);
+                            (t, e)
+                        }),
+                    );
+                });
+                if let Some(closed) = stash.take_closed(frontier) {
+                    let mut session = output.session(&closed.cap);
+                    let mut records = closed.records;
+                    for chunk in records.chunk_by_mut(|a, b| a.0 == b.0) {
+                        let time = chunk[0].0;
+                        if chunk.len() > 1 {
+                            chunk.sort_by(|a, b| a.1.cmp_token(&b.1));
                         }
-                        stash.recycle(records);
+                        for (_, event) in chunk.iter() {
+                            state.apply(event, &stats);
+                        }
+                        state
+                            .drain_changes(|key, doc, diff| session.give(((key, doc), time, diff)));
                     }
+                    stash.recycle(records);
                 }
-            },
-        )
+            }
+        })
         .as_collection()
 }
 

@@ -17,6 +17,7 @@
 //! The operator stashes by time (one capability at the least stashed time) and runs the
 //! callback when the input frontier passes a time; it emits nothing downstream.
 
+use std::any::Any;
 use std::collections::hash_map::Entry;
 use std::hash::Hash;
 use std::sync::{Arc, Condvar, Mutex};
@@ -206,9 +207,21 @@ struct Shared<D> {
     /// Rows with non-zero multiplicity (hashed: views churn a row out and its successor in at
     /// every change; snapshots sort).
     rows: FxHashMap<D, isize>,
+    /// Contents kept in place by the operator that computes them (see [`InPlace`]); a snapshot
+    /// adds their rows to `rows`.
+    in_place: Option<Box<dyn InPlace<D>>>,
     time: Option<ClusterTime>,
     frontier: Option<ClusterTime>,
     complete: bool,
+}
+
+/// A view's contents kept by the operator that computes them, which a handle reads in place
+/// instead of replaying the view's changes into its own map (see
+/// [`crate::views::materialize`]). The operator changes them only under the handle's lock, a
+/// closed batch of times at once, so a snapshot still sees them as of a closed time.
+pub(crate) trait InPlace<D>: Any + Send {
+    /// The current rows, with their multiplicities.
+    fn rows(&self) -> Vec<(D, isize)>;
 }
 
 /// A view's contents, readable from any thread at closed times.
@@ -261,6 +274,7 @@ impl<D: Ord + Hash + Clone + Serialize + DeserializeOwned + Send + 'static> View
             shared: Arc::new((
                 Mutex::new(Shared {
                     rows: FxHashMap::default(),
+                    in_place: None,
                     time: None,
                     frontier: Some(ClusterTime::MIN),
                     complete: false,
@@ -303,15 +317,50 @@ impl<D: Ord + Hash + Clone + Serialize + DeserializeOwned + Send + 'static> View
                 }
                 cvar.notify_all();
             },
-            move |now| {
-                let (lock, cvar) = &*frontier.shared;
-                if let Ok(mut shared) = lock.lock() {
-                    shared.frontier = now;
-                    shared.complete = now.is_none();
-                }
-                cvar.notify_all();
-            },
+            move |now| frontier.set_frontier(now),
         )
+    }
+
+    /// Records that every time before `now` is reflected (`None`: the view is final).
+    pub(crate) fn set_frontier(&self, now: Option<ClusterTime>) {
+        let (lock, cvar) = &*self.shared;
+        if let Ok(mut shared) = lock.lock() {
+            shared.frontier = now;
+            shared.complete = now.is_none();
+        }
+        cvar.notify_all();
+    }
+
+    /// Claims the handle for contents kept in place, starting as `contents`; false if another
+    /// operator already keeps this handle's contents in place (it keeps them alone).
+    pub(crate) fn keep_in_place<S: InPlace<D>>(&self, contents: S) -> bool {
+        let (lock, _) = &*self.shared;
+        match lock.lock() {
+            Ok(mut shared) if shared.in_place.is_none() => {
+                shared.in_place = Some(Box::new(contents));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Changes the contents kept in place (claimed with [`ViewHandle::keep_in_place`]) under
+    /// the handle's lock; `change` returns the last time it applied, if any.
+    pub(crate) fn change_in_place<S: InPlace<D>>(
+        &self,
+        change: impl FnOnce(&mut S) -> Option<ClusterTime>,
+    ) {
+        let (lock, cvar) = &*self.shared;
+        let Ok(mut shared) = lock.lock() else { return };
+        let contents = shared
+            .in_place
+            .as_deref_mut()
+            .and_then(|c| (c as &mut dyn Any).downcast_mut::<S>());
+        if let Some(time) = contents.and_then(change) {
+            shared.time = Some(time);
+            drop(shared);
+            cvar.notify_all();
+        }
     }
 
     /// The view as of the last closed time.
@@ -321,7 +370,13 @@ impl<D: Ord + Hash + Clone + Serialize + DeserializeOwned + Send + 'static> View
             Ok(shared) => {
                 let mut rows: Vec<(D, isize)> =
                     shared.rows.iter().map(|(d, r)| (d.clone(), *r)).collect();
-                rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                match &shared.in_place {
+                    Some(contents) => {
+                        rows.extend(contents.rows());
+                        consolidate(&mut rows);
+                    }
+                    None => rows.sort_unstable_by(|a, b| a.0.cmp(&b.0)),
+                }
                 Snapshot {
                     time: shared.time,
                     complete: shared.complete,

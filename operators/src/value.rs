@@ -257,9 +257,32 @@ pub fn extract_row_interned(
     doc: &[u8],
     fields: &[Field],
     strings: &mut Interner,
-    mut mismatch: impl FnMut(&TypeMismatch),
+    mismatch: impl FnMut(&TypeMismatch),
 ) -> Vec<Value> {
-    let mut row = vec![Value::Null; fields.len()];
+    let mut row = Vec::with_capacity(fields.len());
+    extract_row_into(doc, fields, strings, &mut row, mismatch);
+    row
+}
+
+/// [`extract_row_interned`] into `row` (cleared first), reusing its allocation.
+///
+/// ```
+/// use changeflow_operators::value::{extract_row_into, Field, Interner, Value, ValueType};
+/// let doc = bson::rawdoc! { "region": "eu", "amount": 12.5 };
+/// let fields = [Field::new("amount", "amount", ValueType::Double), Field::new("region", "region", ValueType::String)];
+/// let mut row = vec![Value::Int(1)];
+/// extract_row_into(doc.as_bytes(), &fields, &mut Interner::default(), &mut row, |_| {});
+/// assert_eq!(row, [Value::Double(12.5.into()), Value::String("eu".into())]);
+/// ```
+pub fn extract_row_into(
+    doc: &[u8],
+    fields: &[Field],
+    strings: &mut Interner,
+    row: &mut Vec<Value>,
+    mut mismatch: impl FnMut(&TypeMismatch),
+) {
+    row.clear();
+    row.resize(fields.len(), Value::Null);
     let mut top_level = 0;
     for (slot, field) in row.iter_mut().zip(fields) {
         match field.path.len() {
@@ -274,7 +297,7 @@ pub fn extract_row_interned(
         }
     }
     if top_level == 0 {
-        return row;
+        return;
     }
     let key = |i: usize| match fields[i].path.as_slice() {
         [only] => Some(only.as_bytes()),
@@ -296,7 +319,6 @@ pub fn extract_row_interned(
         });
         true
     });
-    row
 }
 
 /// Follows `path` through documents (and arrays, by numeric index).

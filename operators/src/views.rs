@@ -50,12 +50,17 @@ use differential_dataflow::VecCollection;
 use differential_dataflow::collection::AsCollection;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Concatenate;
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::operator::empty;
 
 use crate::documents::{DocKey, Documents, hash_of};
 use crate::fxhash::FxHashMap;
+use crate::handle::{Done, InPlace, ViewHandle};
 use crate::stash::TimeStash;
-use crate::value::{F64, Field, Interner, Value, ValueType, extract_row_interned};
+use crate::value::{
+    F64, Field, Interner, Value, ValueType, extract_row_interned, extract_row_into,
+};
 
 /// One row of a view: key columns followed by aggregate columns.
 pub type Row = Vec<Value>;
@@ -213,6 +218,13 @@ impl GroupBy {
         })
     }
 
+    /// [`GroupBy::read`] into `row`, reusing its allocation.
+    fn read_into(&self, doc: &Document, fields: &[Field], strings: &mut Interner, row: &mut Row) {
+        extract_row_into(doc.as_bytes(), fields, strings, row, |_| {
+            self.stats.type_mismatches.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
     /// Every field the view reads: keys, then one per aggregate (`Count` reads nothing).
     fn fields(&self) -> Vec<Field> {
         let nothing = Field {
@@ -302,6 +314,205 @@ impl GroupBy {
     }
 }
 
+/// Maintains several group-by views over one document-state collection, each straight into its
+/// [`ViewHandle`], and returns a stream whose frontier tells which times the handles reflect.
+///
+/// With one worker this is one operator, `Materialize`: it reads each document change once per
+/// view and updates the view's groups in place, and the handle reads those groups directly, so
+/// no view rows are built, emitted, exchanged or replayed into the handle's own map (this is
+/// what the orders job runs). The documents have this one consumer, so they are not copied for
+/// several views either. With several workers each view is built with [`GroupBy::build`] and
+/// attached with [`ViewHandle::attach`]: the handle then needs the changes of every worker's
+/// groups in one place. The contents are the same either way; only the handle's time may
+/// differ: here it is the last closed time at which a document the view reads changed.
+///
+/// A handle that already keeps another view's contents in place takes this view's changes
+/// through [`ViewHandle::attach`] instead.
+///
+/// ```text
+///   Documents ──(one worker)──▶ [Materialize] stash by time; at closed times, per view:
+///                                 │  read keys ++ inputs of each change (an -old/+new pair
+///                                 │  that reads equal cancels), update its group in place
+///                                 ▼
+///                        ViewHandle (reads the groups) · Done (frontier = times applied)
+/// ```
+///
+/// ```
+/// use changeflow_core::ClusterTime;
+/// use changeflow_operators::documents::{document_state, DocumentStats};
+/// use changeflow_operators::handle::ViewHandle;
+/// use changeflow_operators::value::{Value, ValueType};
+/// use changeflow_operators::views::{materialize, GroupBy, Row};
+/// let line = r#"{"_id": {"_data": "82000000010000000104"}, "operationType": "insert", "clusterTime": {"$timestamp": {"t": 1, "i": 1}}, "ns": {"db": "s", "coll": "o"}, "documentKey": {"_id": 1}, "fullDocument": {"_id": 1, "region": "eu", "amount": 2.5}}"#;
+/// let events = vec![changeflow_core::ChangeEvent::from_json(line.as_bytes()).unwrap()];
+/// let by_region = GroupBy::new("s.o").key("region", "region", ValueType::String).count("n");
+/// let total = GroupBy::new("s.o").sum("amount", "amount", ValueType::Double);
+/// let (h1, h2) = (ViewHandle::<Row>::new(), ViewHandle::<Row>::new());
+/// let views = vec![(by_region, h1.clone()), (total, h2.clone())];
+/// timely::execute_directly(move |worker| {
+///     worker.dataflow::<ClusterTime, _, _>(|scope| {
+///         let stream = changeflow_sources::memory::from_events(scope, events);
+///         materialize(document_state(stream, DocumentStats::new()), &views);
+///     });
+/// });
+/// assert_eq!(h1.snapshot().rows, vec![(vec![Value::String("eu".into()), Value::Int(1)], 1)]);
+/// assert_eq!(h2.snapshot().rows, vec![(vec![Value::Double(2.5.into())], 1)]);
+/// assert_eq!(h2.snapshot().time, Some(ClusterTime::new(1, 1)));
+/// ```
+pub fn materialize<'scope>(
+    documents: Documents<'scope>,
+    views: &[(GroupBy, ViewHandle<Row>)],
+) -> Done<'scope> {
+    let scope = documents.inner.scope();
+    let mut readers = Vec::new();
+    let mut done = Vec::new();
+    for (spec, handle) in views {
+        let claimed = documents.scope().peers() == 1
+            && handle.keep_in_place(InPlaceGroups {
+                groups: Groups::default(),
+                spec: spec.clone(),
+            });
+        if claimed {
+            readers.push(InPlaceReader::new(spec, handle));
+        } else {
+            done.push(handle.attach(spec.build(documents.clone())));
+        }
+    }
+    if !readers.is_empty() {
+        done.push(in_place_operator(documents, readers));
+    }
+    match done.len() {
+        1 => done.pop().unwrap_or_else(|| empty(scope)),
+        0 => empty(scope),
+        _ => scope.concatenate(done),
+    }
+}
+
+/// The `Materialize` operator of [`materialize`] (one worker).
+fn in_place_operator<'scope>(
+    documents: Documents<'scope>,
+    mut readers: Vec<InPlaceReader>,
+) -> Done<'scope> {
+    documents
+        .inner
+        .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Pipeline,
+            "Materialize",
+            move |_, _| {
+                let mut stash: TimeStash<DocumentChange> = TimeStash::new();
+                let mut reported: Option<Option<ClusterTime>> = None;
+                move |(input, frontier), _output| {
+                    input.for_each(|cap, data| {
+                        stash.stash(&cap, 0, data.drain(..).map(|(d, t, r)| (t, (d, r))));
+                    });
+                    if let Some(closed) = stash.take_closed(frontier) {
+                        for reader in &mut readers {
+                            reader.apply(&closed.records);
+                        }
+                        stash.recycle(closed.records);
+                    }
+                    let now = frontier.frontier().iter().next().copied();
+                    if reported != Some(now) {
+                        reported = Some(now);
+                        for reader in &readers {
+                            reader.handle.set_frontier(now);
+                        }
+                    }
+                }
+            },
+        )
+}
+
+/// A document change and its multiplicity, as stashed by time.
+type DocumentChange = ((DocKey, Document), isize);
+
+/// A view's groups, kept in place in its handle.
+struct InPlaceGroups {
+    groups: Groups,
+    spec: GroupBy,
+}
+
+impl InPlace<Row> for InPlaceGroups {
+    fn rows(&self) -> Vec<(Row, isize)> {
+        self.groups.rows(&self.spec)
+    }
+}
+
+/// What [`in_place_operator`] keeps per view: its definition, handle, and reusable rows.
+struct InPlaceReader {
+    spec: GroupBy,
+    handle: ViewHandle<Row>,
+    ns: Arc<str>,
+    fields: Vec<Field>,
+    strings: Interner,
+    /// The row being read, and a held retraction's row (see [`Pairs`]).
+    row: Row,
+    held: Row,
+}
+
+impl InPlaceReader {
+    fn new(spec: &GroupBy, handle: &ViewHandle<Row>) -> Self {
+        InPlaceReader {
+            spec: spec.clone(),
+            handle: handle.clone(),
+            ns: spec.namespace.as_str().into(),
+            fields: spec.fields(),
+            strings: Interner::default(),
+            row: Vec::new(),
+            held: Vec::new(),
+        }
+    }
+
+    /// Applies closed records, sorted by time, to the view's groups.
+    fn apply(&mut self, records: &[(ClusterTime, DocumentChange)]) {
+        let InPlaceReader {
+            spec,
+            handle,
+            ns,
+            fields,
+            strings,
+            row,
+            held,
+        } = self;
+        let width = spec.keys.len();
+        handle.change_in_place(|state: &mut InPlaceGroups| {
+            let groups = &mut state.groups;
+            let mut apply = |row: &Row, diff: isize| {
+                let (keys, inputs) = row.split_at(width.min(row.len()));
+                groups.update_in_place(keys, inputs, diff, spec);
+            };
+            let mut last = None;
+            // A retraction waiting for the next change of the same document and time.
+            let mut holding: Option<(&DocKey, ClusterTime)> = None;
+            for (time, ((key, doc), diff)) in records {
+                if key.ns() != &**ns {
+                    continue;
+                }
+                spec.read_into(doc, fields, strings, row);
+                if *diff == 1 && holding.is_some_and(|(k, t)| t == *time && k == key) && held == row
+                {
+                    holding = None;
+                    continue;
+                }
+                if holding.take().is_some() {
+                    apply(held, -1);
+                }
+                last = Some(*time);
+                if *diff == -1 {
+                    std::mem::swap(held, row);
+                    holding = Some((key, *time));
+                } else {
+                    apply(row, *diff);
+                }
+            }
+            if holding.is_some() {
+                apply(held, -1);
+            }
+            last
+        });
+    }
+}
+
 /// A contribution to a view: `keys ++ inputs`, its time and multiplicity.
 type Contribution = (Row, ClusterTime, isize);
 
@@ -366,7 +577,40 @@ struct Groups {
 impl Groups {
     /// Adds one contribution (`keys`, `inputs`) with multiplicity `diff`.
     fn update(&mut self, keys: &[Value], inputs: &[Value], diff: isize, spec: &GroupBy) {
-        let slot = match self.index.get(keys) {
+        let slot = self.slot_of(keys, spec);
+        let group = &mut self.slots[slot as usize];
+        if !group.touched {
+            group.touched = true;
+            self.touched.push((slot, group.row(spec)));
+        }
+        group.update(inputs, diff, &spec.aggregates);
+    }
+
+    /// Adds one contribution with no record of what changed (for contents read in place), and
+    /// forgets its group at once if it empties.
+    fn update_in_place(&mut self, keys: &[Value], inputs: &[Value], diff: isize, spec: &GroupBy) {
+        let slot = self.slot_of(keys, spec);
+        let group = &mut self.slots[slot as usize];
+        group.update(inputs, diff, &spec.aggregates);
+        if group.count == 0 {
+            self.index.remove(&group.keys);
+            group.partials = Vec::new();
+            self.free.push(slot);
+        }
+    }
+
+    /// The current rows of all live groups (each with multiplicity one).
+    fn rows(&self, spec: &GroupBy) -> Vec<(Row, isize)> {
+        self.slots
+            .iter()
+            .filter_map(|group| group.row(spec))
+            .map(|row| (row, 1))
+            .collect()
+    }
+
+    /// The slot of the group with `keys`, created (empty) if there is none.
+    fn slot_of(&mut self, keys: &[Value], spec: &GroupBy) -> u32 {
+        match self.index.get(keys) {
             Some(&slot) => slot,
             None => {
                 let group = Group::new(keys.to_vec(), &spec.aggregates);
@@ -383,13 +627,7 @@ impl Groups {
                 self.index.insert(keys.to_vec(), slot);
                 slot
             }
-        };
-        let group = &mut self.slots[slot as usize];
-        if !group.touched {
-            group.touched = true;
-            self.touched.push((slot, group.row(spec)));
         }
-        group.update(inputs, diff, &spec.aggregates);
     }
 
     /// Emits `(old row, -1)` and `(new row, +1)` for every group whose row the current time

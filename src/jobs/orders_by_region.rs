@@ -2,8 +2,8 @@
 //! live change stream.
 //!
 //! ```text
-//!   replay(file) or live::watch(uri) ──▶ document_state ──┬──▶ V1: per region: orders = count, amount = sum(amount)
-//!                                     └──▶ V2: per customer_id: orders = count
+//!   replay(file) or live::watch(uri) ──▶ document_state ──▶ materialize ─┬─▶ V1: per region: orders = count, amount = sum(amount)
+//!                                                                       └─▶ V2: per customer_id: orders = count
 //!   V1, V2 ──▶ ViewHandle ──▶ table on stdout, v1.parquet, v2.parquet (and an optional changelog)
 //! ```
 //!
@@ -20,7 +20,7 @@ use changeflow_core::ClusterTime;
 use changeflow_operators::documents::{DocumentStats, document_state};
 use changeflow_operators::handle::{ViewHandle, on_closed_times};
 use changeflow_operators::value::{Value, ValueType};
-use changeflow_operators::views::{GroupBy, Row};
+use changeflow_operators::views::{GroupBy, Row, materialize};
 use changeflow_sinks::arrow::{rows_to_batch, schema_of};
 use changeflow_sinks::changelog::ChangelogWriter;
 use changeflow_sinks::parquet::write_parquet;
@@ -30,7 +30,7 @@ use changeflow_sources::commit_time::GroupingCounts;
 use changeflow_sources::live::{self, LiveOptions, WatchTarget};
 use changeflow_sources::reader::{BadInputPolicy, ReaderOptions};
 use changeflow_sources::replay::{ReplayOptions, replay};
-use timely::dataflow::operators::Probe;
+use timely::dataflow::operators::{Concat, Probe};
 
 use crate::runtime;
 
@@ -187,28 +187,39 @@ pub fn run(options: &OrdersOptions) -> Result<OrdersReport, JobError> {
                     None => replay(scope, replay_options.clone()),
                 };
                 let documents = document_state(events, doc_stats.clone());
-                let view1 = v1.build(documents.clone());
-                let view2 = v2.build(documents);
-                if let Some(changelog) = changelog.clone() {
-                    on_closed_times(
-                        view1.clone(),
-                        move |time, changes| {
-                            if let Ok(mut sink) = changelog.lock() {
-                                let (writer, failed) = &mut *sink;
-                                if failed.is_none()
-                                    && let Err(e) = writer.write_changes(time, changes)
-                                {
-                                    *failed = Some(e.to_string());
+                let done = match changelog.clone() {
+                    // The views straight into their handles: their groups are read in place.
+                    None => materialize(
+                        documents,
+                        &[
+                            (v1.clone(), v1_handle.clone()),
+                            (v2.clone(), v2_handle.clone()),
+                        ],
+                    ),
+                    // V1's changes are also written out, so V1 is built as a collection.
+                    Some(changelog) => {
+                        let view1 = v1.build(documents.clone());
+                        on_closed_times(
+                            view1.clone(),
+                            move |time, changes| {
+                                if let Ok(mut sink) = changelog.lock() {
+                                    let (writer, failed) = &mut *sink;
+                                    if failed.is_none()
+                                        && let Err(e) = writer.write_changes(time, changes)
+                                    {
+                                        *failed = Some(e.to_string());
+                                    }
                                 }
-                            }
-                        },
-                        |_| {},
-                    );
-                }
+                            },
+                            |_| {},
+                        );
+                        let done = v1_handle.attach(view1);
+                        done.concat(materialize(documents, &[(v2.clone(), v2_handle.clone())]))
+                    }
+                };
                 // Probing what the handles have applied, not the views, keeps each view at one
                 // consumer (no copy of its changes for a probe).
-                let (probe, _) = v1_handle.attach(view1).probe();
-                v2_handle.attach(view2).probe_with(&probe);
+                let (probe, _) = done.probe();
                 probe
             });
             runtime::drive(worker, &probe, std::slice::from_ref(&status))

@@ -49,24 +49,30 @@ fn batch(model: &ReferenceModel) -> BTreeMap<String, (i64, f64, i64, i64, f64, i
         .collect()
 }
 
+/// A generated orders workload (30% of events in transactions): its lines and their events.
+fn workload(seed: u64, events: usize) -> (Vec<String>, Vec<ChangeEvent>) {
+    let lines: Vec<String> = OrdersWorkload::new(OrdersConfig {
+        seed,
+        events,
+        txn_fraction: 0.3,
+        full_document_on_update: 0.3,
+        ..OrdersConfig::default()
+    })
+    .collect();
+    let decoded = lines
+        .iter()
+        .map(|l| ChangeEvent::from_json(l.as_bytes()).expect("decode"))
+        .collect();
+    (lines, decoded)
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
 #[test]
 fn every_closed_time_equals_a_batch_recomputation() {
-    let lines: Vec<String> = OrdersWorkload::new(OrdersConfig {
-        seed: 5,
-        events: 1500,
-        txn_fraction: 0.3,
-        full_document_on_update: 0.3,
-        ..OrdersConfig::default()
-    })
-    .collect();
-    let events: Vec<ChangeEvent> = lines
-        .iter()
-        .map(|l| ChangeEvent::from_json(l.as_bytes()).expect("decode"))
-        .collect();
+    let (lines, events) = workload(5, 1500);
     let updates: Arc<Mutex<Vec<(Row, ClusterTime, isize)>>> = Arc::default();
     let sink = Arc::clone(&updates);
     let input = events.clone();
@@ -125,4 +131,138 @@ fn every_closed_time_equals_a_batch_recomputation() {
         checked += 1;
     }
     assert!(checked > 1000, "checked {checked} closed times");
+}
+
+/// Orders per customer, computed directly from the reference model's state.
+fn batch_per_customer(model: &ReferenceModel) -> Vec<(Row, isize)> {
+    let mut counts: BTreeMap<i64, i64> = BTreeMap::new();
+    for ((ns, _), doc) in model.documents() {
+        if ns == "shop.orders" {
+            let customer = doc.get_i32("customer_id").map(i64::from).expect("customer");
+            *counts.entry(customer).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(c, n)| (vec![Value::Int(c), Value::Int(n)], 1))
+        .collect()
+}
+
+/// `materialize` keeps several views in their handles in place (one worker): after every closed
+/// time, each handle's snapshot equals a batch recomputation over the reference model at that
+/// time, including a view with no keys and a view of a namespace with no documents.
+#[test]
+fn materialized_handles_equal_a_batch_recomputation_at_every_closed_time() {
+    use changeflow_operators::handle::ViewHandle;
+    use changeflow_operators::views::materialize;
+    use timely::container::CapacityContainerBuilder;
+    use timely::dataflow::InputHandle;
+    use timely::dataflow::operators::{Input, Probe};
+
+    let (lines, events) = workload(11, 1200);
+    let per_customer = GroupBy::new("shop.orders")
+        .key("customer_id", "customer_id", ValueType::Int64)
+        .count("orders");
+    let total = GroupBy::new("shop.orders").count("orders").sum(
+        "customers",
+        "customer_id",
+        ValueType::Int64,
+    );
+    let elsewhere = GroupBy::new("shop.other")
+        .key("region", "region", ValueType::String)
+        .count("n");
+    let handles: Vec<ViewHandle<Row>> = (0..4).map(|_| ViewHandle::new()).collect();
+    let views = vec![
+        (definition(), handles[0].clone()),
+        (per_customer, handles[1].clone()),
+        (total, handles[2].clone()),
+        (elsewhere, handles[3].clone()),
+    ];
+    timely::execute_directly(move |worker| {
+        let mut input: InputHandle<
+            ClusterTime,
+            CapacityContainerBuilder<Vec<(ChangeEvent, ClusterTime)>>,
+        > = InputHandle::new();
+        let probe = worker.dataflow::<ClusterTime, _, _>(|scope| {
+            let docs = document_state(scope.input_from(&mut input), DocumentStats::new());
+            materialize(docs, &views).probe().0
+        });
+        let mut model = ReferenceModel::new();
+        let mut checked = 0;
+        let mut i = 0;
+        while i < lines.len() {
+            let time = events[i].cluster_time();
+            input.advance_to(time);
+            while i < lines.len() && events[i].cluster_time() == time {
+                model.apply_json_line(&lines[i]).expect("reference");
+                input.send((events[i].clone(), time));
+                i += 1;
+            }
+            let next = events.get(i).map_or(ClusterTime::MAX, |e| e.cluster_time());
+            input.advance_to(next);
+            while probe.less_than(&next) {
+                worker.step();
+            }
+            let [regions, customers, total, elsewhere] =
+                [0, 1, 2, 3].map(|h| views[h].1.snapshot());
+            let expected = batch(&model);
+            assert_eq!(regions.rows.len(), expected.len(), "groups at {time}");
+            for (row, n) in &regions.rows {
+                assert_eq!(*n, 1, "row multiplicity at {time}");
+                let (Value::String(region), Value::Int(count)) = (&row[0], &row[1]) else {
+                    panic!("unexpected row shape {row:?}");
+                };
+                let e = expected[&**region];
+                assert_eq!(
+                    (
+                        Value::Int(e.0),
+                        Value::Int(e.2),
+                        Value::Int(e.3),
+                        Value::Int(e.5)
+                    ),
+                    (
+                        Value::Int(*count),
+                        row[3].clone(),
+                        row[4].clone(),
+                        row[6].clone()
+                    ),
+                    "{region} at {time}"
+                );
+                let (Value::Double(sum), Value::Double(avg)) = (&row[2], &row[5]) else {
+                    panic!("unexpected row shape {row:?}");
+                };
+                assert!(
+                    close(sum.0, e.1) && close(avg.0, e.4),
+                    "{region} sums at {time}"
+                );
+            }
+            assert_eq!(
+                customers.rows,
+                batch_per_customer(&model),
+                "customers at {time}"
+            );
+            let live: i64 = expected.values().map(|e| e.0).sum();
+            let ids: i64 = expected.values().map(|e| e.5).sum();
+            let expected_total = if live == 0 {
+                vec![]
+            } else {
+                vec![(vec![Value::Int(live), Value::Int(ids)], 1)]
+            };
+            assert_eq!(total.rows, expected_total, "total at {time}");
+            assert!(elsewhere.rows.is_empty() && elsewhere.time.is_none());
+            assert!(
+                regions.time.is_some_and(|t| t <= time),
+                "handle time at {time}"
+            );
+            assert!(
+                views[0].1.frontier().is_none_or(|f| f > time),
+                "frontier past {time}"
+            );
+            checked += 1;
+        }
+        input.close();
+        while worker.step() {}
+        assert!(views[0].1.snapshot().complete, "complete at the end");
+        assert!(checked > 800, "checked {checked} closed times");
+    });
 }
