@@ -58,11 +58,7 @@ enum Message {
     Ping,
     /// Events at their (commit) times, the time the capability may move to after them, and
     /// the resume token up to which all events were sent.
-    Events(
-        Vec<(ChangeEvent, ClusterTime)>,
-        ClusterTime,
-        Option<ResumeToken>,
-    ),
+    Events(Batch, ClusterTime, Option<ResumeToken>),
     Progress(ClusterTime, Option<ResumeToken>),
     End,
     Fail(Box<SourceError>),
@@ -86,7 +82,16 @@ pub struct Feed {
     skip_before: Option<ClusterTime>,
     /// The token of the last event or progress read: where the stream is.
     latest_token: Option<ResumeToken>,
+    /// Batch vectors the operator has emptied, sent back for reuse: a batch is allocated on
+    /// this thread and emptied on the worker's, and a fresh allocation of that size each time
+    /// costs page faults.
+    returned: Receiver<Batch>,
+    /// An emptied batch vector kept for the next [`Feed::buffer`] or batch.
+    spare: Batch,
 }
+
+/// Events at their (commit) times, as sent in one message.
+type Batch = Vec<(ChangeEvent, ClusterTime)>;
 
 /// The source operator has gone (its dataflow was dropped): the reader should stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -118,9 +123,11 @@ impl Feed {
             batch.first().is_some_and(|(_, f)| *f >= self.last),
             "times must not decrease"
         );
-        let mut out = Vec::with_capacity(batch.len());
         let n = batch.len();
-        for (i, (event, time)) in batch.into_iter().enumerate() {
+        let mut out = self.returned.try_recv().unwrap_or_default();
+        out.reserve(n);
+        let mut batch = batch;
+        for (i, (event, time)) in batch.drain(..).enumerate() {
             if time > self.last || self.starts.is_empty() {
                 let before = self.grouper.resume_event().cloned();
                 self.starts.push_back((time, before));
@@ -131,10 +138,21 @@ impl Feed {
             }
             self.grouper.push(event, time, &mut out);
         }
+        if batch.capacity() > self.spare.capacity() {
+            self.spare = batch;
+        }
         // More events may follow at the input's last time, or at an open transaction's.
         let frontier = self.grouper.safe_time().unwrap_or(self.last);
         let token = self.checkpoint_token(frontier, None);
         self.flush(out, frontier, token)
+    }
+
+    /// An empty vector with room for at least `capacity` events, to fill for [`Feed::events`]:
+    /// a vector the feed has emptied before, when it has one, so batches reuse their memory.
+    pub fn buffer(&mut self, capacity: usize) -> Vec<(ChangeEvent, ClusterTime)> {
+        let mut buffer = std::mem::take(&mut self.spare);
+        buffer.reserve(capacity);
+        buffer
     }
 
     /// Drops every event released at a time before `time`: the source restarted from a
@@ -287,8 +305,10 @@ where
     source(scope, name, move |capability, info| {
         let mut capability = reads.then_some(capability);
         let mut receiver: Option<Receiver<Message>> = None;
+        let mut emptied: Option<SyncSender<Batch>> = None;
         if reads {
             let (sender, rx) = sync_channel(capacity.max(1));
+            let (give_back, returned) = sync_channel(capacity.max(1) + 1);
             let activator = scope.worker().sync_activator_for(info.address.to_vec());
             let feed = Feed {
                 sender,
@@ -300,7 +320,10 @@ where
                 starts: VecDeque::new(),
                 skip_before: None,
                 latest_token: None,
+                returned,
+                spare: Vec::new(),
             };
+            emptied = Some(give_back);
             let spawned = std::thread::Builder::new()
                 .name(thread_name)
                 .spawn(move || reader(feed));
@@ -317,9 +340,13 @@ where
                 loop {
                     match rx.try_recv() {
                         Ok(Message::Ping) => {}
-                        Ok(Message::Events(batch, frontier, token)) => {
+                        Ok(Message::Events(mut batch, frontier, token)) => {
                             status.add_events(batch.len() as u64);
-                            output.session(&*cap).give_iterator(batch.into_iter());
+                            output.session(&*cap).give_iterator(batch.drain(..));
+                            if let Some(back) = &emptied {
+                                // Full (the reader has spares) or gone: dropped here.
+                                let _ = back.try_send(batch);
+                            }
                             cap.downgrade(&frontier);
                             status.set_position(frontier, token);
                         }
@@ -382,6 +409,64 @@ mod tests {
         Events(Vec<ChangeEvent>),
         Progress(u32),
         End,
+    }
+
+    /// Batch vectors are reused: the one a batch came in is the next [`Feed::buffer`], and the
+    /// operator sends back the ones it emptied.
+    #[test]
+    fn batch_vectors_are_reused() {
+        let status = SourceStatus::new();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (status2, sink) = (status.clone(), seen.clone());
+        timely::execute_directly(move |worker| {
+            let probe = worker.dataflow::<ClusterTime, _, _>(|scope| {
+                fed_source(scope, "reuse", status2.clone(), 4, move |mut feed: Feed| {
+                    let mut report = Vec::new();
+                    for round in 0..3u32 {
+                        let mut batch = feed.buffer(16);
+                        let at = batch.as_ptr() as usize;
+                        for t in 1..=16 {
+                            let e = event(round * 100 + t, false);
+                            let time = e.cluster_time();
+                            batch.push((e, time));
+                        }
+                        feed.events(batch).unwrap();
+                        // The vector the events went out in, once the operator has emptied it.
+                        let deadline = Instant::now() + Duration::from_secs(10);
+                        let back = loop {
+                            match feed.returned.try_recv() {
+                                Ok(back) => break Some(back),
+                                Err(_) if Instant::now() > deadline => break None,
+                                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                            }
+                        };
+                        report.push((at, back.map(|b| (b.len(), b.capacity()))));
+                    }
+                    sink.lock().unwrap().extend(report);
+                    feed.end()
+                })
+                .probe()
+                .0
+            });
+            while !probe.done() {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+        });
+        let report = seen.lock().unwrap().clone();
+        assert_eq!(report.len(), 3);
+        // Every round fills the vector the first batch came in.
+        assert!(
+            report.iter().all(|(at, _)| *at == report[0].0),
+            "{report:?}"
+        );
+        // Every batch's outgoing vector came back empty, with its room.
+        assert!(
+            report
+                .iter()
+                .all(|(_, back)| back.is_some_and(|(len, cap)| len == 0 && cap >= 16)),
+            "{report:?}"
+        );
+        assert_eq!(status.events(), 48);
     }
 
     /// A post-batch token completes an open transaction only once it is past the transaction's

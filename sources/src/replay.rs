@@ -171,7 +171,7 @@ fn read_file(mut feed: Feed, options: &ReplayOptions, status: &SourceStatus) {
         }
         if !batch.is_empty() {
             last_data = Instant::now();
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(options.batch));
+            let full = std::mem::replace(&mut batch, feed.buffer(options.batch));
             if feed.events(full).is_err() {
                 return;
             }
