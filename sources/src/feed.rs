@@ -3,8 +3,9 @@
 //! ```text
 //!   reader thread                              timely worker 0
 //!   (file, driver, ...)                        [source operator]
-//!     decode events ──▶ bounded channel ──▶  emit batch under its capability,
-//!     Feed::events         (backpressure)     downgrade to the batch's last time
+//!     decode events ──▶ bounded channel ──▶  emit the batch a chunk per activation,
+//!     Feed::events   ◀── emptied vectors ───  downgrade after each chunk
+//!                         (backpressure)
 //!     Feed::progress   ── SyncActivator ──▶  wakes the worker (timely schedules lazily)
 //!     Feed::end / fail
 //!       │
@@ -21,9 +22,11 @@
 //! # Progress tracking (the frontier rule)
 //!
 //! * The operator starts with a capability at `ClusterTime::MIN`.
-//! * A batch is emitted in one message under the current capability, each record carrying its
-//!   own time; the capability is then downgraded to the input's last time (more events at that
-//!   time may follow) or, if a transaction is open, to its last event's time — never further.
+//! * A batch is emitted 256 events (`CHUNK`) per activation, each record carrying its own time;
+//!   after each chunk the capability is downgraded to the least time still to be emitted (so
+//!   the operators downstream can take a chunk while it is in cache), and after the last to
+//!   the input's last time (more events at that time may follow) or, if a transaction is open,
+//!   to its last event's time — never further.
 //! * [`Feed::progress`] (e.g. a post-batch resume token of an idle stream) downgrades the
 //!   capability to a later time with no event: the stream is known to have moved past
 //!   everything before it. It first releases the transactions that ended before that time, and
@@ -288,6 +291,74 @@ impl Feed {
     }
 }
 
+/// Events per activation of a fed source: about what the operators after it touch (events,
+/// documents, state) while it still fits in a core's cache.
+const CHUNK: usize = 256;
+
+/// The output of a fed source.
+type SourceOutput<'a> = timely::dataflow::operators::generic::OutputBuilderSession<
+    'a,
+    ClusterTime,
+    timely::container::CapacityContainerBuilder<Vec<(ChangeEvent, ClusterTime)>>,
+>;
+
+/// The batch a fed source is emitting, a [`CHUNK`] at a time.
+#[derive(Default)]
+struct Emitting {
+    queue: VecDeque<(ChangeEvent, ClusterTime)>,
+    /// `least[i]`: the least time of the batch's events from `i` on (its records are in commit
+    /// order, which need not be time order), so the capability can follow each chunk.
+    least: Vec<ClusterTime>,
+    emitted: usize,
+    /// Where the capability goes, and the position recorded, once the batch is out.
+    end: Option<(ClusterTime, Option<ResumeToken>)>,
+}
+
+impl Emitting {
+    fn is_done(&self) -> bool {
+        self.end.is_none()
+    }
+
+    fn start(&mut self, batch: Batch, frontier: ClusterTime, token: Option<ResumeToken>) {
+        self.least.clear();
+        self.least.resize(batch.len(), ClusterTime::MAX);
+        let mut least = ClusterTime::MAX;
+        for (slot, (_, time)) in self.least.iter_mut().zip(&batch).rev() {
+            least = least.min(*time);
+            *slot = least;
+        }
+        self.queue = VecDeque::from(batch);
+        self.emitted = 0;
+        self.end = Some((frontier, token));
+    }
+
+    /// Emits the next chunk and moves the capability to the least time still to come (to the
+    /// batch's frontier after its last chunk, when the emptied vector also goes back).
+    fn emit_chunk(
+        &mut self,
+        cap: &mut timely::dataflow::operators::Capability<ClusterTime>,
+        output: &mut SourceOutput<'_>,
+        status: &SourceStatus,
+        emptied: Option<&SyncSender<Batch>>,
+    ) {
+        let n = self.queue.len().min(CHUNK);
+        output.session(&*cap).give_iterator(self.queue.drain(..n));
+        self.emitted += n;
+        if let Some(next) = self.least.get(self.emitted) {
+            cap.downgrade(next);
+            return;
+        }
+        if let Some((frontier, token)) = self.end.take() {
+            cap.downgrade(&frontier);
+            status.set_position(frontier, token);
+        }
+        if let Some(back) = emptied {
+            // Full (the reader has spares) or gone: dropped here.
+            let _ = back.try_send(Vec::from(std::mem::take(&mut self.queue)));
+        }
+    }
+}
+
 /// Builds a source whose events come from `reader`, run on its own thread on worker 0 with a
 /// channel of `capacity` batches (see the module docs).
 pub fn fed_source<'scope, R>(
@@ -332,23 +403,29 @@ where
                 Err(e) => status.fail(SourceError::Thread(e.to_string())),
             }
         }
+        let self_activator = scope.activator_for(info.address.clone());
+        let mut emitting = Emitting::default();
         move |output| {
             let ended = {
                 let (Some(cap), Some(rx)) = (capability.as_mut(), receiver.as_ref()) else {
                     return;
                 };
+                // A batch is emitted a chunk per activation, so the operators downstream take
+                // each chunk while its events and documents are still in cache.
+                if !emitting.is_done() {
+                    emitting.emit_chunk(cap, output, &status, emptied.as_ref());
+                    self_activator.activate();
+                    return;
+                }
                 loop {
                     match rx.try_recv() {
                         Ok(Message::Ping) => {}
-                        Ok(Message::Events(mut batch, frontier, token)) => {
+                        Ok(Message::Events(batch, frontier, token)) => {
                             status.add_events(batch.len() as u64);
-                            output.session(&*cap).give_iterator(batch.drain(..));
-                            if let Some(back) = &emptied {
-                                // Full (the reader has spares) or gone: dropped here.
-                                let _ = back.try_send(batch);
-                            }
-                            cap.downgrade(&frontier);
-                            status.set_position(frontier, token);
+                            emitting.start(batch, frontier, token);
+                            emitting.emit_chunk(cap, output, &status, emptied.as_ref());
+                            self_activator.activate();
+                            return;
                         }
                         Ok(Message::Progress(time, token)) => {
                             cap.downgrade(&time);
@@ -409,6 +486,61 @@ mod tests {
         Events(Vec<ChangeEvent>),
         Progress(u32),
         End,
+    }
+
+    /// A large batch goes out a chunk at a time, the capability following each chunk: the
+    /// operator after the source sees the first chunk's times closed before the batch is out.
+    /// (Timely shows an operator a new frontier one activation after the data it follows.)
+    #[test]
+    fn a_batch_goes_out_in_chunks_with_the_frontier_following() {
+        use timely::dataflow::channels::pact::Pipeline;
+        use timely::dataflow::operators::generic::Operator;
+        let n = 3 * CHUNK as u32 + 5;
+        let status = SourceStatus::new();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (status2, sink) = (status.clone(), seen.clone());
+        timely::execute_directly(move |worker| {
+            let probe =
+                worker.dataflow::<ClusterTime, _, _>(|scope| {
+                    fed_source(scope, "chunks", status2.clone(), 4, move |mut feed: Feed| {
+                    let batch = (1..=n)
+                        .map(|t| {
+                            let e = event(t, false);
+                            let time = e.cluster_time();
+                            (e, time)
+                        })
+                        .collect();
+                    feed.events(batch).unwrap();
+                    feed.end()
+                })
+                .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                    Pipeline,
+                    "Watch",
+                    move |_, _| {
+                        let mut received = 0usize;
+                        move |(input, frontier), _| {
+                            input.for_each(|_, data| received += data.len());
+                            let now = frontier.frontier().first().map(|t| t.seconds());
+                            sink.lock().unwrap().push((received, now));
+                        }
+                    },
+                )
+                .probe()
+                .0
+                });
+            while !probe.done() {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+        });
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.last().map(|s| s.0), Some(n as usize));
+        // The first chunk's times were closed while the batch was still going out.
+        assert!(
+            seen.contains(&(2 * CHUNK, Some(CHUNK as u32 + 1))),
+            "{:?}",
+            &seen[..seen.len().min(8)]
+        );
+        assert_eq!(status.events(), u64::from(n));
     }
 
     /// Batch vectors are reused: the one a batch came in is the next [`Feed::buffer`], and the
