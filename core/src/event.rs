@@ -221,6 +221,59 @@ pub struct TxnId {
     pub txn_number: i64,
 }
 
+/// An event's resume token where it sits, in the event's bytes: what a source keeps to know
+/// where a restart must begin, without keeping the event or copying the token until asked.
+///
+/// ```
+/// use changeflow_core::ChangeEvent;
+/// let line = br#"{"_id": {"_data": "82000000010000000104"}, "operationType": "drop", "clusterTime": {"$timestamp": {"t": 1, "i": 1}}, "ns": {"db": "s", "coll": "o"}}"#;
+/// let event = ChangeEvent::from_json(line).unwrap();
+/// let at = event.token_ref();
+/// assert_eq!(at.token(), event.token());
+/// assert_eq!(at.token().data(), Some("82000000010000000104"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct TokenRef {
+    raw: Document,
+    id: Span,
+}
+
+impl TokenRef {
+    /// The resume token, copied out.
+    pub fn token(&self) -> ResumeToken {
+        let span = self.id.start as usize..self.id.end as usize;
+        let bytes = match self.raw.as_bytes().get(span) {
+            Some(bytes) if self.id.is_set() => bytes,
+            _ => &[],
+        };
+        if self.id.kind == kind::DOCUMENT {
+            ResumeToken::from_document(Document::from_trusted(bytes))
+        } else {
+            let mut w = raw::DocWriter::new();
+            w.append(self.id.kind, "_data", bytes);
+            ResumeToken::from_document(Document::from_trusted(w.finish()))
+        }
+    }
+    /// Compares two tokens in stream order (see [`ResumeToken`]'s ordering).
+    pub fn cmp_token(&self, other: &TokenRef) -> std::cmp::Ordering {
+        match (
+            token_data_in(self.raw.as_bytes(), self.id),
+            token_data_in(other.raw.as_bytes(), other.id),
+        ) {
+            (Some(a), Some(b)) => resume_token::cmp_data(a, b),
+            _ => self.token().cmp(&other.token()),
+        }
+    }
+}
+
+/// The `_data` string of the token at `id` in an event's bytes, if it has one.
+fn token_data_in(raw: &[u8], id: Span) -> Option<&str> {
+    (id.kind == kind::DOCUMENT && id.is_set())
+        .then(|| raw.get(id.start as usize..id.end as usize))
+        .flatten()
+        .and_then(resume_token::data_of)
+}
+
 /// Byte range of a located field inside the event's bytes.
 #[derive(
     Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -490,26 +543,24 @@ impl ChangeEvent {
     }
     /// The resume token (`_id`), copied out of the event.
     pub fn token(&self) -> ResumeToken {
-        let bytes = self.span(self.fields.id).unwrap_or(&[]);
-        if self.fields.id.kind == kind::DOCUMENT {
-            ResumeToken::from_document(Document::from_trusted(bytes))
-        } else {
-            let mut w = raw::DocWriter::new();
-            w.append(self.fields.id.kind, "_data", bytes);
-            ResumeToken::from_document(Document::from_trusted(w.finish()))
-        }
+        self.token_ref().token()
     }
     /// The token's `_data` string, without copying, if it has one.
     pub fn token_data(&self) -> Option<&str> {
-        (self.fields.id.kind == kind::DOCUMENT)
-            .then(|| self.span(self.fields.id).and_then(resume_token::data_of))
-            .flatten()
+        token_data_in(self.raw.as_bytes(), self.fields.id)
     }
     /// Compares two events' tokens in stream order (see [`ResumeToken`]'s ordering).
     pub fn cmp_token(&self, other: &ChangeEvent) -> std::cmp::Ordering {
         match (self.token_data(), other.token_data()) {
             (Some(a), Some(b)) => resume_token::cmp_data(a, b),
             _ => self.token().cmp(&other.token()),
+        }
+    }
+    /// The event's resume token, in place: cheaper to keep than the event or a copied token.
+    pub fn token_ref(&self) -> TokenRef {
+        TokenRef {
+            raw: self.raw.clone(),
+            id: self.fields.id,
         }
     }
     /// The `documentKey` (`_id` plus shard-key fields), raw.

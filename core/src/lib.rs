@@ -39,6 +39,6 @@ pub mod synthetic;
 pub use cluster_time::{ClusterTime, ClusterTimeSummary};
 pub use document::Document;
 pub use error::Error;
-pub use event::{ChangeEvent, Namespace, OperationType, TxnId};
+pub use event::{ChangeEvent, Namespace, OperationType, TokenRef, TxnId};
 pub use resume_token::ResumeToken;
 pub use stream::EventStream;

@@ -59,7 +59,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use changeflow_core::{ChangeEvent, ClusterTime, ResumeToken, TxnId};
+use changeflow_core::{ChangeEvent, ClusterTime, ResumeToken, TokenRef, TxnId};
 
 /// When an open transaction counts as complete (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -114,10 +114,10 @@ pub struct CommitGrouper {
     rule: TxnCompletion,
     open: Vec<Open>,
     pushed: u64,
-    /// The last event pushed.
-    last_pushed: Option<ChangeEvent>,
-    /// While transactions are open: the last event pushed before the first of them.
-    before_open: Option<ChangeEvent>,
+    /// The token of the last event pushed.
+    last_pushed: Option<TokenRef>,
+    /// While transactions are open: the token of the last event pushed before the first of them.
+    before_open: Option<TokenRef>,
     /// The ids of the last [`RECENT`] released transactions, oldest first, and as a set.
     recent: VecDeque<TxnId>,
     recent_set: HashSet<TxnId>,
@@ -153,7 +153,7 @@ impl CommitGrouper {
             out,
         );
         self.pushed += 1;
-        let previous = self.last_pushed.replace(event.clone());
+        let previous = self.last_pushed.replace(event.token_ref());
         match event.txn().cloned() {
             None => out.push((event, time)),
             Some(id) => {
@@ -209,11 +209,11 @@ impl CommitGrouper {
     /// The token of the last event up to which everything has been released (see the module
     /// docs); `None` before the first such event.
     pub fn resume_token(&self) -> Option<ResumeToken> {
-        self.resume_event().map(ChangeEvent::token)
+        self.resume_point().map(TokenRef::token)
     }
 
-    /// The event whose token [`CommitGrouper::resume_token`] gives (no token is built).
-    pub fn resume_event(&self) -> Option<&ChangeEvent> {
+    /// Where [`CommitGrouper::resume_token`]'s token sits (no token is built).
+    pub fn resume_point(&self) -> Option<&TokenRef> {
         if self.open.is_empty() {
             self.last_pushed.as_ref()
         } else {

@@ -47,7 +47,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 
-use changeflow_core::{ChangeEvent, ClusterTime, EventStream, ResumeToken};
+use changeflow_core::{ChangeEvent, ClusterTime, EventStream, ResumeToken, TokenRef};
 use timely::dataflow::Scope;
 use timely::dataflow::operators::generic::operator::source;
 use timely::scheduling::SyncActivator;
@@ -77,10 +77,10 @@ pub struct Feed {
     sent: ClusterTime,
     grouper: CommitGrouper,
     status: Arc<SourceStatus>,
-    /// For each time at or after the frontier that an event started, the event whose token is
-    /// the grouper's resume token just before it: where a restart must begin to see that time
-    /// again (events, not tokens, so the hot path builds no token).
-    starts: VecDeque<(ClusterTime, Option<ChangeEvent>)>,
+    /// For each time at or after the frontier that an event started, the grouper's resume
+    /// point just before it: where a restart must begin to see that time again (in place, so
+    /// the hot path builds no token).
+    starts: VecDeque<(ClusterTime, Option<TokenRef>)>,
     /// Released events before this time are dropped (a restart from a checkpoint).
     skip_before: Option<ClusterTime>,
     /// The token of the last event or progress read: where the stream is.
@@ -132,7 +132,7 @@ impl Feed {
         let mut batch = batch;
         for (i, (event, time)) in batch.drain(..).enumerate() {
             if time > self.last || self.starts.is_empty() {
-                let before = self.grouper.resume_event().cloned();
+                let before = self.grouper.resume_point().cloned();
                 self.starts.push_back((time, before));
             }
             self.last = time;
@@ -177,7 +177,7 @@ impl Feed {
         while self.starts.front().is_some_and(|(t, _)| *t < frontier) {
             self.starts.pop_front();
         }
-        let before_open = self.grouper.has_open().then(|| self.grouper.resume_event());
+        let before_open = self.grouper.has_open().then(|| self.grouper.resume_point());
         let first = match self.starts.front() {
             Some((_, event)) => event.as_ref(),
             None => match after_all {
@@ -190,11 +190,11 @@ impl Feed {
                         Some(Some(open)) => token.map(|t| t.min(open.token())),
                     };
                 }
-                None => self.grouper.resume_event(),
+                None => self.grouper.resume_point(),
             },
         };
         match (first, before_open) {
-            (first, None) => first.map(ChangeEvent::token),
+            (first, None) => first.map(TokenRef::token),
             (Some(a), Some(Some(b))) => Some(std::cmp::min_by(a, b, |x, y| x.cmp_token(y)).token()),
             _ => None,
         }
