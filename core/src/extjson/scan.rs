@@ -328,7 +328,11 @@ impl<'t> Scanner<'t, '_> {
                 KeyClass::Wrapper(_) | KeyClass::Scope => {}
             }
             let mine = &scan.keys[first_key..];
-            if mine.len() >= MAX_KEYS || mine.iter().any(|&(a, z)| &scan.b[a..z] == key) {
+            // Keys of one length rarely share a first byte: test that before the bytes.
+            let repeated = |&(a, z): &(usize, usize)| {
+                z - a == key.len() && scan.b.get(a) == key.first() && &scan.b[a..z] == key
+            };
+            if mine.len() >= MAX_KEYS || mine.iter().any(repeated) {
                 return None;
             }
             scan.keys.push((s, e));
