@@ -6,7 +6,8 @@
 //!   `_id`, as a differential collection. Updates are applied from their `updateDescription`
 //!   ([`update::apply_update`]), so versions are exact even without `fullDocument`.
 //! * [`value`]: typed fields read from documents by dotted path.
-//! * [`views::GroupBy`]: count / sum / min / max / avg per key, maintained incrementally.
+//! * [`views::GroupBy`]: count / sum / min / max / avg per key, maintained incrementally;
+//!   [`views::materialize`] keeps several of them straight in their handles.
 //! * [`handle::ViewHandle`]: a view's contents readable from any thread at closed times, and
 //!   [`handle::on_closed_times`] for sinks that consume a view's changes time by time.
 //!

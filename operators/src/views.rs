@@ -12,6 +12,10 @@
 //!                  View: Collection<(Row, ClusterTime, isize)>   row = keys ++ aggregates
 //! ```
 //!
+//! [`materialize`] keeps several views straight in their [`ViewHandle`]s instead: with one
+//! worker one operator reads each document change and updates the groups in place, where the
+//! handles read them, and no view rows are emitted (see there).
+//!
 //! # Semantics
 //!
 //! As MongoDB's `$group`: a document whose key field is missing or null groups under null;
