@@ -5,9 +5,16 @@
 use changeflow::jobs::orders_by_region::{OrdersOptions, run};
 use changeflow_testkit::orders::{OrdersConfig, write_bson};
 
+use std::collections::BTreeMap;
+
 use crate::support::*;
 
 fn check(name: &str, config: OrdersConfig, bson: bool, workers: usize) {
+    check_with(name, config, bson, workers, false);
+}
+
+/// [`check`], optionally with V1's changelog, which must then replay to the final V1.
+fn check_with(name: &str, config: OrdersConfig, bson: bool, workers: usize, changelog: bool) {
     let dir = scratch(name);
     let lines = lines(config.clone());
     let input = if bson {
@@ -21,6 +28,9 @@ fn check(name: &str, config: OrdersConfig, bson: bool, workers: usize) {
     };
     let mut options = OrdersOptions::new(&input, dir.join("out"));
     options.workers = workers;
+    if changelog {
+        options.changelog = Some(dir.join("v1.changes.jsonl"));
+    }
     let report = run(&options).expect("job runs");
     assert_eq!(report.events as usize, lines.len());
     assert_eq!(
@@ -34,6 +44,44 @@ fn check(name: &str, config: OrdersConfig, bson: bool, workers: usize) {
     );
     assert_v1_eq(&read_v1(&dir.join("out/v1.parquet")), &v1);
     assert_eq!(read_v2(&dir.join("out/v2.parquet")), v2, "V2");
+    if changelog {
+        // Summing every change line's `_diff` per row gives V1's final rows.
+        let text = std::fs::read_to_string(dir.join("v1.changes.jsonl")).expect("changelog");
+        let mut rows: BTreeMap<String, isize> = BTreeMap::new();
+        for line in text.lines() {
+            let mut change: serde_json::Value = serde_json::from_str(line).expect("json line");
+            let diff = change["_diff"].as_i64().expect("_diff") as isize;
+            let object = change.as_object_mut().expect("object");
+            object.remove("_diff");
+            object.remove("_time");
+            *rows.entry(change.to_string()).or_default() += diff;
+        }
+        rows.retain(|_, n| *n != 0);
+        assert_eq!(rows.len(), v1.len(), "changelog rows");
+        for (row, n) in &rows {
+            let row: serde_json::Value = serde_json::from_str(row).expect("row");
+            let region = row["region"].as_str().expect("region");
+            let (orders, _) = v1[region];
+            assert_eq!((row["orders"].as_i64(), *n), (Some(orders), 1), "{region}");
+        }
+    }
+}
+
+#[test]
+fn with_a_changelog_the_views_still_equal_the_oracle_and_the_changelog_replays_to_v1() {
+    check_with(
+        "changelog",
+        OrdersConfig {
+            seed: 17,
+            events: 4000,
+            txn_fraction: 0.2,
+            full_document_on_update: 0.5,
+            ..OrdersConfig::default()
+        },
+        false,
+        1,
+        true,
+    );
 }
 
 #[test]
