@@ -210,6 +210,9 @@ struct Shared<D> {
     /// Contents kept in place by the operator that computes them (see [`InPlace`]); a snapshot
     /// adds their rows to `rows`.
     in_place: Option<Box<dyn InPlace<D>>>,
+    /// Whether a view is attached ([`ViewHandle::attach`]): contents cannot then be kept in
+    /// place as well.
+    attached: bool,
     time: Option<ClusterTime>,
     frontier: Option<ClusterTime>,
     complete: bool,
@@ -275,6 +278,7 @@ impl<D: Ord + Hash + Clone + Serialize + DeserializeOwned + Send + 'static> View
                 Mutex::new(Shared {
                     rows: FxHashMap::default(),
                     in_place: None,
+                    attached: false,
                     time: None,
                     frontier: Some(ClusterTime::MIN),
                     complete: false,
@@ -286,10 +290,22 @@ impl<D: Ord + Hash + Clone + Serialize + DeserializeOwned + Send + 'static> View
 
     /// Feeds this handle from `view` (call on every worker; worker 0 keeps the contents).
     /// Probe the returned [`Done`] stream to know when the handle has applied a time.
+    ///
+    /// # Panics
+    ///
+    /// If the handle keeps a view's contents in place ([`crate::views::materialize`]).
     pub fn attach<'scope>(
         &self,
         view: VecCollection<'scope, ClusterTime, D, isize>,
     ) -> Done<'scope> {
+        let (lock, _) = &*self.shared;
+        if let Ok(mut shared) = lock.lock() {
+            assert!(
+                shared.in_place.is_none(),
+                "a ViewHandle holds one view: this one keeps a view's contents in place"
+            );
+            shared.attached = true;
+        }
         let apply = self.clone();
         let frontier = self.clone();
         on_closed(
@@ -331,12 +347,12 @@ impl<D: Ord + Hash + Clone + Serialize + DeserializeOwned + Send + 'static> View
         cvar.notify_all();
     }
 
-    /// Claims the handle for contents kept in place, starting as `contents`; false if another
-    /// operator already keeps this handle's contents in place (it keeps them alone).
+    /// Claims the handle for contents kept in place, starting as `contents`; false if the
+    /// handle is attached to a view or another operator keeps its contents in place.
     pub(crate) fn keep_in_place<S: InPlace<D>>(&self, contents: S) -> bool {
         let (lock, _) = &*self.shared;
         match lock.lock() {
-            Ok(mut shared) if shared.in_place.is_none() => {
+            Ok(mut shared) if shared.in_place.is_none() && !shared.attached => {
                 shared.in_place = Some(Box::new(contents));
                 true
             }

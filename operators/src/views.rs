@@ -328,10 +328,13 @@ impl GroupBy {
 /// several views either. With several workers each view is built with [`GroupBy::build`] and
 /// attached with [`ViewHandle::attach`]: the handle then needs the changes of every worker's
 /// groups in one place. The contents are the same either way; only the handle's time may
-/// differ: here it is the last closed time at which a document the view reads changed.
+/// differ: here it is the last closed time at which a change of the view's documents was
+/// applied (a change of fields the view does not read is not one).
 ///
-/// A handle that already keeps another view's contents in place takes this view's changes
-/// through [`ViewHandle::attach`] instead.
+/// # Panics
+///
+/// With one worker, if a handle is already attached to a view or keeps one in place: a handle
+/// holds one view, and two writers would each move its time and frontier.
 ///
 /// ```text
 ///   Documents ──(one worker)──▶ [Materialize] stash by time; at closed times, per view:
@@ -371,16 +374,21 @@ pub fn materialize<'scope>(
     let mut readers = Vec::new();
     let mut done = Vec::new();
     for (spec, handle) in views {
-        let claimed = documents.scope().peers() == 1
-            && handle.keep_in_place(InPlaceGroups {
-                groups: Groups::default(),
-                spec: spec.clone(),
-            });
-        if claimed {
-            readers.push(InPlaceReader::new(spec, handle));
-        } else {
+        if documents.scope().peers() > 1 {
             done.push(handle.attach(spec.build(documents.clone())));
+            continue;
         }
+        let claimed = handle.keep_in_place(InPlaceGroups {
+            groups: Groups::default(),
+            spec: spec.clone(),
+        });
+        assert!(
+            claimed,
+            "a ViewHandle holds one view: this one is already attached or kept in place \
+             (view over {})",
+            spec.namespace
+        );
+        readers.push(InPlaceReader::new(spec, handle));
     }
     if !readers.is_empty() {
         done.push(in_place_operator(documents, readers));
@@ -481,11 +489,13 @@ impl InPlaceReader {
         let width = spec.keys.len();
         handle.change_in_place(|state: &mut InPlaceGroups| {
             let groups = &mut state.groups;
-            let mut apply = |row: &Row, diff: isize| {
+            // The last time at which a change was applied (a cancelled pair changes nothing).
+            let mut last = None;
+            let mut apply = |row: &Row, time: ClusterTime, diff: isize| {
                 let (keys, inputs) = row.split_at(width.min(row.len()));
                 groups.update_in_place(keys, inputs, diff, spec);
+                last = Some(time);
             };
-            let mut last = None;
             // A retraction waiting for the next change of the same document and time.
             let mut holding: Option<(&DocKey, ClusterTime)> = None;
             for (time, ((key, doc), diff)) in records {
@@ -498,19 +508,18 @@ impl InPlaceReader {
                     holding = None;
                     continue;
                 }
-                if holding.take().is_some() {
-                    apply(held, -1);
+                if let Some((_, at)) = holding.take() {
+                    apply(held, at, -1);
                 }
-                last = Some(*time);
                 if *diff == -1 {
                     std::mem::swap(held, row);
                     holding = Some((key, *time));
                 } else {
-                    apply(row, *diff);
+                    apply(row, *time, *diff);
                 }
             }
-            if holding.is_some() {
-                apply(held, -1);
+            if let Some((_, at)) = holding {
+                apply(held, at, -1);
             }
             last
         });
@@ -592,10 +601,16 @@ impl Groups {
 
     /// Adds one contribution with no record of what changed (for contents read in place), and
     /// forgets its group at once if it empties.
+    /// An integer sum that leaves the `i64` range is counted in [`ViewStats::overflows`] when
+    /// it leaves it (its row, read later, shows null).
     fn update_in_place(&mut self, keys: &[Value], inputs: &[Value], diff: isize, spec: &GroupBy) {
         let slot = self.slot_of(keys, spec);
         let group = &mut self.slots[slot as usize];
+        let overflowing = group.overflowing(spec);
         group.update(inputs, diff, &spec.aggregates);
+        if !overflowing && group.overflowing(spec) {
+            spec.stats.overflows.fetch_add(1, Ordering::Relaxed);
+        }
         if group.count == 0 {
             self.index.remove(&group.keys);
             group.partials = Vec::new();
@@ -603,11 +618,12 @@ impl Groups {
         }
     }
 
-    /// The current rows of all live groups (each with multiplicity one).
+    /// The current rows of all live groups (each with multiplicity one). Reading counts no
+    /// overflows: [`Groups::update_in_place`] counted them.
     fn rows(&self, spec: &GroupBy) -> Vec<(Row, isize)> {
         self.slots
             .iter()
-            .filter_map(|group| group.row(spec))
+            .filter_map(|group| group.row_with(spec, false))
             .map(|row| (row, 1))
             .collect()
     }
@@ -738,8 +754,26 @@ impl Group {
         }
     }
 
-    /// The group's current row, or `None` if it holds no documents.
+    /// Whether one of the group's integer sums is outside the `i64` range.
+    fn overflowing(&self, spec: &GroupBy) -> bool {
+        self.partials
+            .iter()
+            .zip(&spec.aggregates)
+            .any(|(partial, agg)| {
+                agg.kind == AggregateKind::Sum
+                    && agg.output_type() == ValueType::Int64
+                    && i64::try_from(partial.int_sum).is_err()
+            })
+    }
+
+    /// The group's current row, or `None` if it holds no documents; an integer sum outside the
+    /// `i64` range is null and counted in [`ViewStats::overflows`].
     fn row(&self, spec: &GroupBy) -> Option<Row> {
+        self.row_with(spec, true)
+    }
+
+    /// [`Group::row`], counting overflows only if `count_overflows`.
+    fn row_with(&self, spec: &GroupBy, count_overflows: bool) -> Option<Row> {
         if self.count <= 0 {
             return None;
         }
@@ -752,7 +786,9 @@ impl Group {
                     ValueType::Int64 => match i64::try_from(partial.int_sum) {
                         Ok(v) => Value::Int(v),
                         Err(_) => {
-                            spec.stats.overflows.fetch_add(1, Ordering::Relaxed);
+                            if count_overflows {
+                                spec.stats.overflows.fetch_add(1, Ordering::Relaxed);
+                            }
                             Value::Null
                         }
                     },

@@ -266,3 +266,78 @@ fn materialized_handles_equal_a_batch_recomputation_at_every_closed_time() {
         assert!(checked > 800, "checked {checked} closed times");
     });
 }
+
+/// An event line for the small in-place tests below.
+fn line(t: u32, op: &str, id: i32, body: &str) -> ChangeEvent {
+    let json = format!(
+        r#"{{"_id": {{"_data": "82{t:08X}000000012B"}}, "operationType": "{op}", "clusterTime": {{"$timestamp": {{"t": {t}, "i": 1}}}}, "ns": {{"db": "s", "coll": "o"}}, "documentKey": {{"_id": {id}}}{body}}}"#
+    );
+    ChangeEvent::from_json(json.as_bytes()).expect("event")
+}
+
+/// Views kept in place: an integer sum leaving the `i64` range is counted once, however often
+/// the handle is read; the handle's time is the last time the view's documents changed, not a
+/// later update of a field it does not read.
+#[test]
+fn in_place_views_count_overflows_once_and_keep_the_time_of_their_last_change() {
+    use changeflow_operators::handle::ViewHandle;
+    use changeflow_operators::views::materialize;
+
+    let big = i64::MAX / 2 + 1;
+    let events = vec![
+        line(
+            1,
+            "insert",
+            1,
+            &format!(r#", "fullDocument": {{"_id": 1, "n": {{"$numberLong": "{big}"}}, "x": 1}}"#),
+        ),
+        line(
+            2,
+            "insert",
+            2,
+            &format!(r#", "fullDocument": {{"_id": 2, "n": {{"$numberLong": "{big}"}}, "x": 1}}"#),
+        ),
+        line(
+            3,
+            "update",
+            2,
+            r#", "updateDescription": {"updatedFields": {"x": 2}, "removedFields": []}"#,
+        ),
+    ];
+    let total = GroupBy::new("s.o")
+        .count("docs")
+        .sum("n", "n", ValueType::Int64);
+    let stats = total.stats();
+    let handle = ViewHandle::<Row>::new();
+    let views = vec![(total, handle.clone())];
+    timely::execute_directly(move |worker| {
+        worker.dataflow::<ClusterTime, _, _>(|scope| {
+            let docs = document_state(from_events(scope, events), DocumentStats::new());
+            materialize(docs, &views);
+        });
+    });
+    for _ in 0..3 {
+        let snapshot = handle.snapshot();
+        assert_eq!(snapshot.rows, vec![(vec![Value::Int(2), Value::Null], 1)]);
+        assert_eq!(snapshot.time, Some(ClusterTime::new(2, 1)));
+    }
+    assert_eq!(stats.overflows(), 1);
+}
+
+/// A handle holds one view: keeping a second one in place in it is refused.
+#[test]
+#[should_panic(expected = "a ViewHandle holds one view")]
+fn a_handle_keeps_one_view_in_place() {
+    use changeflow_operators::handle::ViewHandle;
+    use changeflow_operators::views::materialize;
+
+    let view = GroupBy::new("s.o").count("docs");
+    let handle = ViewHandle::<Row>::new();
+    let views = vec![(view.clone(), handle.clone()), (view, handle)];
+    timely::execute_directly(move |worker| {
+        worker.dataflow::<ClusterTime, _, _>(|scope| {
+            let docs = document_state(from_events(scope, Vec::new()), DocumentStats::new());
+            materialize(docs, &views);
+        });
+    });
+}
