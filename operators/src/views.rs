@@ -460,6 +460,8 @@ struct InPlaceReader {
     /// The row being read, and a held retraction's row (see [`Pairs`]).
     row: Row,
     held: Row,
+    /// Whether the view has integer sums (whose overflows are counted as they happen).
+    int_sums: bool,
 }
 
 impl InPlaceReader {
@@ -472,6 +474,10 @@ impl InPlaceReader {
             strings: Interner::default(),
             row: Vec::new(),
             held: Vec::new(),
+            int_sums: spec
+                .aggregates
+                .iter()
+                .any(|a| a.kind == AggregateKind::Sum && a.output_type() == ValueType::Int64),
         }
     }
 
@@ -485,17 +491,17 @@ impl InPlaceReader {
             strings,
             row,
             held,
+            int_sums,
         } = self;
         let width = spec.keys.len();
         handle.change_in_place(|state: &mut InPlaceGroups| {
             let groups = &mut state.groups;
+            let mut apply = |row: &Row, diff: isize| {
+                let (keys, inputs) = row.split_at(width.min(row.len()));
+                groups.update_in_place(keys, inputs, diff, spec, *int_sums);
+            };
             // The last time at which a change was applied (a cancelled pair changes nothing).
             let mut last = None;
-            let mut apply = |row: &Row, time: ClusterTime, diff: isize| {
-                let (keys, inputs) = row.split_at(width.min(row.len()));
-                groups.update_in_place(keys, inputs, diff, spec);
-                last = Some(time);
-            };
             // A retraction waiting for the next change of the same document and time.
             let mut holding: Option<(&DocKey, ClusterTime)> = None;
             for (time, ((key, doc), diff)) in records {
@@ -509,17 +515,20 @@ impl InPlaceReader {
                     continue;
                 }
                 if let Some((_, at)) = holding.take() {
-                    apply(held, at, -1);
+                    apply(held, -1);
+                    last = Some(at);
                 }
                 if *diff == -1 {
                     std::mem::swap(held, row);
                     holding = Some((key, *time));
                 } else {
-                    apply(row, *time, *diff);
+                    apply(row, *diff);
+                    last = Some(*time);
                 }
             }
             if let Some((_, at)) = holding {
-                apply(held, at, -1);
+                apply(held, -1);
+                last = Some(at);
             }
             last
         });
@@ -601,14 +610,22 @@ impl Groups {
 
     /// Adds one contribution with no record of what changed (for contents read in place), and
     /// forgets its group at once if it empties.
-    /// An integer sum that leaves the `i64` range is counted in [`ViewStats::overflows`] when
-    /// it leaves it (its row, read later, shows null).
-    fn update_in_place(&mut self, keys: &[Value], inputs: &[Value], diff: isize, spec: &GroupBy) {
+    ///
+    /// With `int_sums` (the view has integer sums), a sum that leaves the `i64` range is counted
+    /// in [`ViewStats::overflows`] when it leaves it (its row, read later, shows null).
+    fn update_in_place(
+        &mut self,
+        keys: &[Value],
+        inputs: &[Value],
+        diff: isize,
+        spec: &GroupBy,
+        int_sums: bool,
+    ) {
         let slot = self.slot_of(keys, spec);
         let group = &mut self.slots[slot as usize];
-        let overflowing = group.overflowing(spec);
+        let overflowing = int_sums && group.overflowing(spec);
         group.update(inputs, diff, &spec.aggregates);
-        if !overflowing && group.overflowing(spec) {
+        if int_sums && !overflowing && group.overflowing(spec) {
             spec.stats.overflows.fetch_add(1, Ordering::Relaxed);
         }
         if group.count == 0 {
