@@ -62,9 +62,7 @@ use crate::documents::{DocKey, Documents, hash_of};
 use crate::fxhash::FxHashMap;
 use crate::handle::{Done, InPlace, ViewHandle};
 use crate::stash::TimeStash;
-use crate::value::{
-    F64, Field, Interner, Value, ValueType, extract_row_interned, extract_row_into,
-};
+use crate::value::{F64, Field, Interner, Value, ValueType, extract_row_into};
 
 /// One row of a view: key columns followed by aggregate columns.
 pub type Row = Vec<Value>;
@@ -215,14 +213,7 @@ impl GroupBy {
     }
 
     /// Reads the key columns and then the aggregate inputs of one document, in one pass over its
-    /// elements, into one row: `keys ++ inputs`.
-    fn read(&self, doc: &Document, fields: &[Field], strings: &mut Interner) -> Row {
-        extract_row_interned(doc.as_bytes(), fields, strings, |_| {
-            self.stats.type_mismatches.fetch_add(1, Ordering::Relaxed);
-        })
-    }
-
-    /// [`GroupBy::read`] into `row`, reusing its allocation.
+    /// elements, into `row` (reusing its allocation): `keys ++ inputs`.
     fn read_into(&self, doc: &Document, fields: &[Field], strings: &mut Interner, row: &mut Row) {
         extract_row_into(doc.as_bytes(), fields, strings, row, |_| {
             self.stats.type_mismatches.fetch_add(1, Ordering::Relaxed);
@@ -253,6 +244,7 @@ impl GroupBy {
         let ns: Arc<str> = self.namespace.as_str().into();
         let fields = self.fields();
         let mut strings = Interner::default();
+        let (mut row, mut held) = (Row::new(), Row::new());
         let contributions = documents
             .inner
             .unary::<CapacityContainerBuilder<Vec<Contribution>>, _, _, _>(
@@ -262,14 +254,17 @@ impl GroupBy {
                     move |input, output| {
                         input.for_each(|cap, data| {
                             let mut session = output.session(&cap);
-                            let mut pairs = Pairs::default();
-                            for ((key, doc), time, diff) in data.drain(..) {
+                            let mut give =
+                                |row: &Row, time, diff| session.give((row.clone(), time, diff));
+                            let mut pairs = Pairs::new(&mut held);
+                            for ((key, doc), time, diff) in data.iter() {
                                 if key.ns() == &*ns {
-                                    let row = spec.read(&doc, &fields, &mut strings);
-                                    pairs.push(key, row, time, diff, |c| session.give(c));
+                                    spec.read_into(doc, &fields, &mut strings, &mut row);
+                                    pairs.push(key, *time, *diff, &mut row, &mut give);
                                 }
                             }
-                            pairs.flush(|c| session.give(c));
+                            pairs.flush(&mut give);
+                            data.clear();
                         });
                     }
                 },
@@ -457,7 +452,7 @@ struct InPlaceReader {
     ns: Arc<str>,
     fields: Vec<Field>,
     strings: Interner,
-    /// The row being read, and a held retraction's row (see [`Pairs`]).
+    /// The row being read, and a held retraction's row ([`Pairs`]'s buffers).
     row: Row,
     held: Row,
     /// Whether the view has integer sums (whose overflows are counted as they happen).
@@ -496,40 +491,21 @@ impl InPlaceReader {
         let width = spec.keys.len();
         handle.change_in_place(|state: &mut InPlaceGroups| {
             let groups = &mut state.groups;
-            let mut apply = |row: &Row, diff: isize| {
-                let (keys, inputs) = row.split_at(width.min(row.len()));
-                groups.update_in_place(keys, inputs, diff, spec, *int_sums);
-            };
             // The last time at which a change was applied (a cancelled pair changes nothing).
             let mut last = None;
-            // A retraction waiting for the next change of the same document and time.
-            let mut holding: Option<(&DocKey, ClusterTime)> = None;
+            let mut apply = |row: &Row, time: ClusterTime, diff: isize| {
+                let (keys, inputs) = row.split_at(width.min(row.len()));
+                groups.update_in_place(keys, inputs, diff, spec, *int_sums);
+                last = Some(time);
+            };
+            let mut pairs = Pairs::new(held);
             for (time, ((key, doc), diff)) in records {
-                if key.ns() != &**ns {
-                    continue;
-                }
-                spec.read_into(doc, fields, strings, row);
-                if *diff == 1 && holding.is_some_and(|(k, t)| t == *time && k == key) && held == row
-                {
-                    holding = None;
-                    continue;
-                }
-                if let Some((_, at)) = holding.take() {
-                    apply(held, -1);
-                    last = Some(at);
-                }
-                if *diff == -1 {
-                    std::mem::swap(held, row);
-                    holding = Some((key, *time));
-                } else {
-                    apply(row, *diff);
-                    last = Some(*time);
+                if key.ns() == &**ns {
+                    spec.read_into(doc, fields, strings, row);
+                    pairs.push(key, *time, *diff, row, &mut apply);
                 }
             }
-            if let Some((_, at)) = holding {
-                apply(held, -1);
-                last = Some(at);
-            }
+            pairs.flush(&mut apply);
             last
         });
     }
@@ -542,41 +518,54 @@ type Contribution = (Row, ClusterTime, isize);
 /// state emits a changed document as `(key, old, -1)` followed by `(key, new, +1)`, and when
 /// both read the same row (an update of fields the view does not read) the pair cancels.
 /// Contributions are otherwise passed on in order, so this only saves work downstream.
-#[derive(Default)]
-struct Pairs {
-    /// A retraction, held until the next contribution shows whether it cancels.
-    held: Option<(DocKey, Row, ClusterTime)>,
+///
+/// Rows live in two reusable buffers: the one being read, and `held`, the row of a retraction
+/// held until the next change shows whether it cancels.
+struct Pairs<'a> {
+    held: &'a mut Row,
+    /// The held retraction's document and time.
+    holding: Option<(&'a DocKey, ClusterTime)>,
 }
 
-impl Pairs {
-    fn push(
-        &mut self,
-        key: DocKey,
-        row: Row,
-        time: ClusterTime,
-        diff: isize,
-        mut give: impl FnMut(Contribution),
-    ) {
-        if diff == 1
-            && let Some((held_key, held_row, held_time)) = &self.held
-            && *held_time == time
-            && *held_key == key
-            && *held_row == row
-        {
-            self.held = None;
-            return;
-        }
-        self.flush(&mut give);
-        if diff == -1 {
-            self.held = Some((key, row, time));
-        } else {
-            give((row, time, diff));
+impl<'a> Pairs<'a> {
+    fn new(held: &'a mut Row) -> Self {
+        Pairs {
+            held,
+            holding: None,
         }
     }
 
-    fn flush(&mut self, mut give: impl FnMut(Contribution)) {
-        if let Some((_, row, time)) = self.held.take() {
-            give((row, time, -1));
+    /// Passes `row`, read from `key`'s document changed at `time` with multiplicity `diff`, to
+    /// `give`, unless it cancels the held retraction or is a retraction to hold (then `row`'s
+    /// buffer is swapped with the held one).
+    fn push(
+        &mut self,
+        key: &'a DocKey,
+        time: ClusterTime,
+        diff: isize,
+        row: &mut Row,
+        give: &mut impl FnMut(&Row, ClusterTime, isize),
+    ) {
+        if diff == 1
+            && self.holding.is_some_and(|(k, t)| t == time && k == key)
+            && *self.held == *row
+        {
+            self.holding = None;
+            return;
+        }
+        self.flush(give);
+        if diff == -1 {
+            std::mem::swap(self.held, row);
+            self.holding = Some((key, time));
+        } else {
+            give(row, time, diff);
+        }
+    }
+
+    /// Passes on the held retraction, if any.
+    fn flush(&mut self, give: &mut impl FnMut(&Row, ClusterTime, isize)) {
+        if let Some((_, time)) = self.holding.take() {
+            give(self.held, time, -1);
         }
     }
 }
